@@ -1,0 +1,280 @@
+"""Synchronous llama.cpp engine: decode, log-softmax, sample, score. Not thread-safe.
+
+llama-cpp-python's own `logprobs`/`echo` paths are slow (a Python sort of the whole vocabulary
+per token) and, for models without a BOS token, its echo logprobs are shifted by one. This
+module drives the context directly: each decode asks llama.cpp for exactly the logits it needs,
+and numpy turns them into log-probabilities in one vectorised step per batch.
+
+Token alignment: the logits output at position i predict token i+1. A text's first token is
+scored only when the model prepends BOS (as vLLM/Transformers do); otherwise it is context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router.errors import InputError, ModelError
+from router.scoring import TokenLogprobs, Window, window_plan
+
+F32 = npt.NDArray[np.float32]
+
+
+def log_softmax_rows(logits: F32) -> F32:
+    """Row-wise log-softmax. Example: [[0, 0]] -> [[-0.693, -0.693]]."""
+    m = logits.max(axis=1, keepdims=True)
+    shifted = logits - m
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.asarray(shifted - lse, dtype=np.float32)
+
+
+def top_k_rows(logprobs: F32, k: int) -> tuple[npt.NDArray[np.int64], F32]:
+    """Indices and values of each row's k largest entries, sorted descending."""
+    k = min(k, logprobs.shape[1])
+    part = np.argpartition(-logprobs, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(logprobs, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(
+        vals, order, axis=1
+    )
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    top_k: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token: its text (possibly empty while UTF-8 is incomplete) and scores."""
+
+    token: int
+    text: str
+    logprob: float
+    nbytes: int
+    top_ids: npt.NDArray[np.int64]
+    top_logprobs: F32
+
+
+class Cancelled(Exception):
+    """Generation was aborted by the caller."""
+
+
+class LlamaEngine:
+    """One GGUF model in one llama.cpp context. Callers serialise access (see EmbeddedBackend)."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 2048, n_batch: int = 512,
+                 n_threads: int | None = None, seed: int = 0) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise ModelError(f"llama-cpp-python is not installed: {exc}") from None
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        try:
+            self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch,
+                              n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
+                              logits_all=False, verbose=False, seed=seed)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"cannot load GGUF model {path}: {exc}") from None
+        import llama_cpp
+
+        self._lc: Any = llama_cpp
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_vocab = int(self._llm.n_vocab())
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm._model.model)
+        self.add_bos = bool(self._llm._model.add_bos_token())
+        self.bos = int(self._llm.token_bos())
+        self.eos = int(self._llm.token_eos())
+        self.metadata: dict[str, str] = dict(self._llm.metadata)
+        self._cached: list[int] = []  # tokens whose KV entries are in the context
+        self._pieces: list[bytes] | None = None
+        self._piece_len: npt.NDArray[np.int64] | None = None
+
+    # -- vocabulary -------------------------------------------------------------------------
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:  # pragma: no cover - no piece is that long in our models
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return bytes(buf.raw[:n])
+
+    @property
+    def pieces(self) -> list[bytes]:
+        """The UTF-8 bytes of every token (special tokens render as empty)."""
+        if self._pieces is None:
+            self._pieces = [self._piece(t) for t in range(self.n_vocab)]
+            self._piece_len = np.array([len(p) for p in self._pieces], dtype=np.int64)
+        return self._pieces
+
+    @property
+    def piece_len(self) -> npt.NDArray[np.int64]:
+        if self._piece_len is None:
+            _ = self.pieces
+        assert self._piece_len is not None
+        return self._piece_len
+
+    def token_str(self, token: int) -> str:
+        return self.pieces[token].decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = False) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def token_id(self, piece: str) -> int | None:
+        ids = self.tokenize(piece, add_bos=False, special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _sync_prefix(self, tokens: Sequence[int], keep_last: bool) -> int:
+        """Drop KV entries past the longest shared prefix; return how many tokens are cached.
+
+        With keep_last, at least the final token is re-evaluated so its logits are produced.
+        """
+        n = 0
+        limit = min(len(self._cached), len(tokens))
+        while n < limit and self._cached[n] == tokens[n]:
+            n += 1
+        if keep_last and n == len(tokens):
+            n -= 1
+        self._llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        del self._cached[n:]
+        return n
+
+    def _decode(self, tokens: Sequence[int], n_past: int, all_logits: bool) -> F32:
+        """Evaluate `tokens` at positions n_past..; return log-softmax rows.
+
+        all_logits: one row per token (row i predicts token i+1); else only the last row.
+        """
+        out: list[F32] = []
+        batch = self._llm._batch
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[i : i + self.n_batch])
+            last_chunk = i + self.n_batch >= len(tokens)
+            want_all = all_logits
+            batch.set_batch(batch=chunk, n_past=n_past + i, logits_all=want_all)
+            try:
+                self._llm._ctx.decode(batch)
+            except RuntimeError as exc:
+                self._llm._ctx.kv_cache_seq_rm(-1, n_past + i, -1)
+                del self._cached[n_past + i :]
+                raise ModelError(f"llama.cpp decode failed: {exc}") from None
+            self._cached.extend(chunk)
+            if want_all or last_chunk:
+                rows = len(chunk) if want_all else 1
+                raw = np.ctypeslib.as_array(self._llm._ctx.get_logits(),
+                                            shape=(rows * self.n_vocab,))
+                out.append(log_softmax_rows(raw.reshape(rows, self.n_vocab)))
+        return np.concatenate(out) if out else np.zeros((0, self.n_vocab), np.float32)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, text: str, *, window: int | None = None, stride: int | None = None,
+              top_k: int = 0) -> TokenLogprobs:
+        """Log-probability of every scorable token of `text`, in strided windows if long."""
+        if not text:
+            raise InputError("cannot score an empty text")
+        ids = self.tokenize(text, add_bos=self.add_bos)
+        if len(ids) < 2:  # logits at position i predict token i+1
+            raise InputError(
+                f"text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed to "
+                "score it with a model that has no BOS token"
+            )
+        win = min(window or self.n_ctx, self.n_ctx)
+        plan = window_plan(len(ids), win, stride or max(1, win // 2))
+        return self._score_plan(ids, plan, top_k)
+
+    def _score_plan(self, ids: list[int], plan: list[Window], top_k: int) -> TokenLogprobs:
+        lps: list[F32] = []
+        tgt: list[npt.NDArray[np.int64]] = []
+        tops: list[F32] = []
+        for w in plan:
+            # every window is evaluated from an empty cache, at positions 0..(end-start)
+            self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            self._cached.clear()
+            rows = self._decode(ids[w.start : w.end], 0, all_logits=True)
+            lo = max(w.score_from, w.start + 1)  # row j predicts token start + j + 1
+            targets = np.asarray(ids[lo : w.end], dtype=np.int64)
+            pred = rows[lo - w.start - 1 : w.end - w.start - 1]
+            lps.append(np.take_along_axis(pred, targets[:, None], axis=1)[:, 0])
+            tgt.append(targets)
+            if top_k > 0:
+                tops.append(top_k_rows(pred, top_k)[1])
+        targets_all = np.concatenate(tgt)
+        return TokenLogprobs(
+            logprobs=np.concatenate(lps).astype(np.float64),
+            token_bytes=self.piece_len[targets_all],
+            top_logprobs=np.concatenate(tops).astype(np.float64) if tops else None,
+            tokens=tuple(self.token_str(int(t)) for t in targets_all),
+        )
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: list[int], params: SampleParams,
+                 cancel: threading.Event | None = None) -> Iterator[Step]:
+        """Yield generated tokens one by one; stops at EOG, max_tokens or the context end.
+
+        Stop strings are the caller's business (they span tokens). The caller must hold the
+        engine for the whole iteration.
+        """
+        if len(prompt_ids) >= self.n_ctx:
+            raise InputError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context holds "
+                f"{self.n_ctx} (prompt plus completion)",
+                code="context_length_exceeded",
+            )
+        rng = np.random.default_rng(params.seed)
+        n_past = self._sync_prefix(prompt_ids, keep_last=True)
+        row = self._decode(prompt_ids[n_past:], n_past, all_logits=False)[-1]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        budget = min(params.max_tokens, self.n_ctx - len(prompt_ids))
+        for _ in range(budget):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            token = self._sample(row, params, rng)
+            if self.is_eog(token):
+                return
+            ids, vals = top_k_rows(row[None, :], max(params.top_k, 1))
+            piece = self.pieces[token]
+            yield Step(token=token, text=decoder.decode(piece), logprob=float(row[token]),
+                       nbytes=len(piece), top_ids=ids[0], top_logprobs=vals[0])
+            if len(self._cached) + 1 >= self.n_ctx:
+                return
+            row = self._decode([token], len(self._cached), all_logits=False)[-1]
+
+    @staticmethod
+    def _sample(row: F32, params: SampleParams, rng: np.random.Generator) -> int:
+        """Greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+        if params.temperature <= 0.0:
+            return int(np.argmax(row))
+        scaled = row.astype(np.float64) / params.temperature
+        scaled -= scaled.max()
+        p = np.exp(scaled)
+        p /= p.sum()
+        if params.top_p < 1.0:
+            order = np.argsort(-p)
+            cum = np.cumsum(p[order])
+            keep = order[: int(np.searchsorted(cum, params.top_p) + 1)]
+            q = p[keep] / p[keep].sum()
+            return int(keep[rng.choice(len(keep), p=q)])
+        return int(rng.choice(len(p), p=p))

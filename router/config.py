@@ -1,0 +1,231 @@
+"""config.yaml -> validated, typed settings. Every error names the file, the key and what was
+expected, and is raised at start-up, never in the middle of a request.
+
+    server:   host, port, the cascade's virtual model name, protection limits, decision log
+    tiers:    ordered list, cheapest first: name, backend (embedded | openai_http | vllm_engine),
+              model, engine options, prompt template, price
+    cascade:  the policy file, prompt gate, hard-escalation switches
+    select:   defaults of `router select` (model tier, windows, batching)
+
+Relative paths (policy files, GGUF files, logs) are relative to the config file's folder.
+Only `cli.py` reads the environment; `api_key_env`/`api_keys_env` name variables it resolves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per million tokens, or, for self-hosted GPUs, an hourly price and a throughput.
+
+    A self-hosted tier costs gpu_hour_usd / 3600 / tokens_per_second per token: the GPU time a
+    token occupies. This is what LiteLLM reports as $0.
+    """
+
+    prompt_per_mtok: float = Field(0.0, ge=0)
+    completion_per_mtok: float = Field(0.0, ge=0)
+    gpu_hour_usd: float | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _gpu_pair(self) -> Price:
+        if (self.gpu_hour_usd is None) != (self.tokens_per_second is None):
+            raise ValueError("gpu_hour_usd and tokens_per_second go together")
+        return self
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        if self.gpu_hour_usd is not None and self.tokens_per_second is not None:
+            per_token = self.gpu_hour_usd / 3600.0 / self.tokens_per_second
+            return per_token * (prompt_tokens + completion_tokens)
+        return (prompt_tokens * self.prompt_per_mtok
+                + completion_tokens * self.completion_per_mtok) / 1e6
+
+
+class PromptTemplateConfig(_Strict):
+    roles: dict[str, str] = Field(default_factory=lambda: {
+        "system": "{content}\n\n", "user": "Question: {content}\n",
+        "assistant": "Answer: {content}\n\n"})
+    generation: str = "Answer:"
+    stop: list[str] = Field(default_factory=lambda: ["\nQuestion:", "\n\n"])
+    prefix: str = ""
+
+
+class TierConfig(_Strict):
+    name: str = Field(min_length=1)
+    backend: Literal["embedded", "openai_http", "vllm_engine"]
+    model: str = Field(min_length=1, description="packaged id or GGUF path (embedded); "
+                       "the upstream's model name (openai_http); HF dir (vllm_engine)")
+    # embedded (llama.cpp)
+    n_ctx: int = Field(2048, ge=64)
+    n_batch: int = Field(512, ge=8)
+    n_threads: int | None = Field(None, ge=1)
+    score_window: int | None = Field(None, ge=8)
+    score_stride: int | None = Field(None, ge=1)
+    # openai_http
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+    max_retries: int = Field(2, ge=0)
+    # every kind
+    prompt_template: PromptTemplateConfig | None = None
+    price: Price = Field(default_factory=Price)
+    policy: Path | None = None  # overrides cascade.policy for the decision after this tier
+    top_logprobs: int = Field(5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> TierConfig:
+        if self.backend == "openai_http" and not self.base_url:
+            raise ValueError("base_url is required when backend is openai_http")
+        if self.backend != "openai_http" and self.base_url:
+            raise ValueError(f"base_url only applies to openai_http, not {self.backend}")
+        return self
+
+
+class DecisionLogConfig(_Strict):
+    path: Path
+    include_prompt: bool = False
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    cascade_model: str = "cascade"
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str | None = None
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_tokens_limit: int = Field(1024, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+    max_in_flight: int = Field(64, ge=1)
+    max_queue: int = Field(128, ge=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    decision_log: DecisionLogConfig | None = None
+
+
+class PromptGateConfig(_Strict):
+    policy: Path
+
+
+class CascadeConfig(_Strict):
+    policy: Path = Path("policies/support-cascade.yaml")
+    prompt_gate: PromptGateConfig | None = None
+    escalate_on_length: bool = False
+    escalate_on_empty: bool = True
+    degraded_fallback: bool = True
+
+
+class SelectConfig(_Strict):
+    model: str | None = None  # a tier name; default: the first tier
+    batch_size: int = Field(32, ge=1)
+    window: int | None = Field(None, ge=8)
+    stride: int | None = Field(None, ge=1)
+
+
+class Settings(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tiers: list[TierConfig] = Field(min_length=1)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    source: Path | None = None  # the file it came from
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique(cls, tiers: list[TierConfig]) -> list[TierConfig]:
+        names = [t.name for t in tiers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(dupes)}")
+        return tiers
+
+    @model_validator(mode="after")
+    def _refs(self) -> Settings:
+        names = {t.name for t in self.tiers}
+        if self.select.model is not None and self.select.model not in names:
+            raise ValueError(f"select.model {self.select.model!r} is not a tier "
+                             f"({', '.join(sorted(names))})")
+        if self.server.cascade_model in names:
+            raise ValueError(f"server.cascade_model {self.server.cascade_model!r} "
+                             "must differ from every tier name")
+        return self
+
+    def tier(self, name: str) -> TierConfig:
+        for t in self.tiers:
+            if t.name == name or t.model == name:
+                return t
+        raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(t.name for t in self.tiers)})")
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = path.expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def settings_from_dict(raw: Any, source: str = "<config>") -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            got = err.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+            lines.append(f"{source}: {_format_loc(tuple(err['loc']))}: {err['msg']}{got_s}")
+        raise ConfigError("\n".join(lines)) from None
+    return settings
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read and validate a config file (default: the repo's config.yaml)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    settings = settings_from_dict(raw, str(p))
+    return settings.model_copy(update={"source": p.resolve()})
+
+
+def resolve_secret(value: str | None, env_name: str | None,
+                   environ: dict[str, str] | None = None) -> str | None:
+    """An inline secret, else the named environment variable (the CLI passes os.environ)."""
+    if value:
+        return value
+    if env_name:
+        env = environ if environ is not None else dict(os.environ)
+        return env.get(env_name) or None
+    return None
