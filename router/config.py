@@ -129,6 +129,10 @@ class CascadeConfig(_Strict):
     escalate_on_length: bool = False
     escalate_on_empty: bool = True
     degraded_fallback: bool = True
+    # streaming: tier k's first tokens are held back while its running confidence is checked;
+    # the answer is committed (flushed) after `stream_buffer_tokens` or at its end
+    stream_buffer_tokens: int = Field(32, ge=1)
+    stream_min_tokens: int = Field(4, ge=1)  # no early escalation on fewer tokens
 
 
 class SelectConfig(_Strict):

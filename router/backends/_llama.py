@@ -146,20 +146,16 @@ class LlamaEngine:
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def _sync_prefix(self, tokens: Sequence[int], keep_last: bool) -> int:
-        """Drop KV entries past the longest shared prefix; return how many tokens are cached.
+    def _reset(self) -> None:
+        """Start from an empty KV cache.
 
-        With keep_last, at least the final token is re-evaluated so its logits are produced.
+        Reusing a cached prompt prefix would save a little prompt work, but llama.cpp's batched
+        and single-token kernels round differently, so a reused prefix changes later logits
+        slightly and a greedy answer could depend on the previous request. Every request
+        evaluates its whole prompt in batches instead: same request, same answer.
         """
-        n = 0
-        limit = min(len(self._cached), len(tokens))
-        while n < limit and self._cached[n] == tokens[n]:
-            n += 1
-        if keep_last and n == len(tokens):
-            n -= 1
-        self._llm._ctx.kv_cache_seq_rm(-1, n, -1)
-        del self._cached[n:]
-        return n
+        self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._cached.clear()
 
     def _decode(self, tokens: Sequence[int], n_past: int, all_logits: bool) -> F32:
         """Evaluate `tokens` at positions n_past..; return log-softmax rows.
@@ -209,9 +205,7 @@ class LlamaEngine:
         tgt: list[npt.NDArray[np.int64]] = []
         tops: list[F32] = []
         for w in plan:
-            # every window is evaluated from an empty cache, at positions 0..(end-start)
-            self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-            self._cached.clear()
+            self._reset()  # every window is evaluated at positions 0..(end-start)
             rows = self._decode(ids[w.start : w.end], 0, all_logits=True)
             lo = max(w.score_from, w.start + 1)  # row j predicts token start + j + 1
             targets = np.asarray(ids[lo : w.end], dtype=np.int64)
@@ -244,8 +238,8 @@ class LlamaEngine:
                 code="context_length_exceeded",
             )
         rng = np.random.default_rng(params.seed)
-        n_past = self._sync_prefix(prompt_ids, keep_last=True)
-        row = self._decode(prompt_ids[n_past:], n_past, all_logits=False)[-1]
+        self._reset()
+        row = self._decode(prompt_ids, 0, all_logits=False)[-1]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         budget = min(params.max_tokens, self.n_ctx - len(prompt_ids))
         for _ in range(budget):

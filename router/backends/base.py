@@ -107,8 +107,9 @@ class Backend(Protocol):
         """Stream the completion. Closing the iterator early (aclose) aborts the generation."""
         ...
 
-    async def score(self, texts: Sequence[str]) -> list[TokenLogprobs]:
-        """Per-token log-probabilities of each text under the model (prompt scoring)."""
+    async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
+        """Per-token log-probabilities of each text under the model (prompt scoring),
+        with the top-k log-probabilities of every position when top_k > 0."""
         ...
 
     async def check(self) -> None:

@@ -201,10 +201,11 @@ class EmbeddedBackend:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def score(self, texts: Sequence[str]) -> list[TokenLogprobs]:
+    async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
         s = self.settings
+        k = top_k or s.score_top_k
         return await self._run(lambda e: [
-            e.score(t, window=s.score_window, stride=s.score_stride, top_k=s.score_top_k)
+            e.score(t, window=s.score_window, stride=s.score_stride, top_k=k)
             for t in texts
         ])
 

@@ -247,7 +247,7 @@ class OpenAIHttpBackend:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def score(self, texts: Sequence[str]) -> list[TokenLogprobs]:
+    async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
         gate = asyncio.Semaphore(self.settings.score_concurrency)
 
         async def one(text: str) -> TokenLogprobs:
@@ -256,10 +256,10 @@ class OpenAIHttpBackend:
             async with gate:
                 data = await self._post("completions", {
                     "model": self.settings.model, "prompt": text, "max_tokens": 1,
-                    "temperature": 0.0, "prompt_logprobs": 0,
+                    "temperature": 0.0, "prompt_logprobs": top_k,
                 })
             try:
-                return parse_prompt_logprobs(data["choices"][0]["prompt_logprobs"])
+                return parse_prompt_logprobs(data["choices"][0]["prompt_logprobs"], top_k)
             except (KeyError, IndexError, TypeError) as exc:
                 raise UpstreamError(
                     f"upstream {self.model_id} returned no prompt_logprobs ({exc}); it must be "
@@ -327,24 +327,29 @@ def parse_completion_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives 
     )
 
 
-def parse_prompt_logprobs(entries: Sequence[Any]) -> TokenLogprobs:
+def parse_prompt_logprobs(entries: Sequence[Any], top_k: int = 0) -> TokenLogprobs:
     """vLLM `prompt_logprobs` -> TokenLogprobs of every scored prompt token.
 
     Example: [None, {"42": {"logprob": -1.5, "rank": 3, "decoded_token": " cat"}}] ->
-    logprobs [-1.5], token_bytes [4]. Each entry holds the prompt token itself plus up to k
-    alternatives; the prompt token is the one whose rank matches, else the single entry.
+    logprobs [-1.5], token_bytes [4]. vLLM puts the prompt token itself first, then the top-k
+    alternatives (rank 1..k); the prompt token may appear among them only once.
     """
     lps: list[float] = []
     nbytes: list[int] = []
     toks: list[str] = []
+    tops: list[list[float]] = []
     for entry in entries:
         if entry is None:
             continue
         items = list(entry.values())
-        # with prompt_logprobs=k vLLM puts the actual token first (it may also be in the top-k)
         chosen = items[0]
         lps.append(float(chosen["logprob"]))
         tok = chosen.get("decoded_token") or ""
         toks.append(tok)
         nbytes.append(len(tok.encode("utf-8")))
-    return TokenLogprobs.from_lists(lps, nbytes, None, toks)
+        if top_k > 0:
+            ranked = sorted((float(v["logprob"]) for v in items if v.get("rank", 1) <= top_k),
+                            reverse=True)
+            tops.append(ranked[:top_k])
+    top = tops if top_k > 0 and tops and all(len(r) >= 1 for r in tops) else None
+    return TokenLogprobs.from_lists(lps, nbytes, top, toks)

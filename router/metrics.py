@@ -1,0 +1,102 @@
+"""Every Prometheus metric of the router, defined once (DESIGN.md section 8).
+
+Conventions: `router_` prefix, base units (seconds, USD), counters end in `_total`, labels are
+bounded (tier names and model ids come from config; reasons and statuses from fixed sets).
+Metrics live in the default registry because they are module constants; tests read deltas with
+`REGISTRY.get_sample_value` rather than absolute values.
+
+Savings are PromQL, not metrics:
+    sum(rate(router_counterfactual_cost_usd_total[5m])) - sum(rate(router_cost_usd_total[5m]))
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: escalation reasons (bounded label values)
+REASONS = ("low_confidence", "prompt_gate", "upstream_error", "timeout", "truncated", "empty")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)
+# log-probability signals (nats); most confidence signals land in [-10, 0]
+CONFIDENCE_BUCKETS = (-10.0, -8.0, -6.0, -5.0, -4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.75, -0.5,
+                      -0.25, -0.1, 0.0)
+
+# -- serving (router serve) ---------------------------------------------------------------------
+
+REQUESTS = Counter(
+    "router_requests_total",
+    "Requests answered, by the tier that answered (none when no tier did), endpoint and HTTP "
+    "status.",
+    ["tier", "endpoint", "status"],
+)
+ESCALATIONS = Counter(
+    "router_escalations_total",
+    "Escalations from one tier to the next, by reason.",
+    ["from_tier", "to_tier", "reason"],
+)
+DEGRADED = Counter(
+    "router_degraded_responses_total",
+    "Answers served by a lower tier because every higher tier failed.",
+    ["tier"],
+)
+CONFIDENCE = Histogram(
+    "router_confidence",
+    "Confidence signal (log-probability, nats; higher = more confident) of each scored answer.",
+    ["tier"],
+    buckets=CONFIDENCE_BUCKETS,
+)
+THRESHOLD = Gauge(
+    "router_threshold",
+    "Current escalation threshold of the policy applied after each tier.",
+    ["tier"],
+)
+TOKENS = Counter(
+    "router_tokens_total",
+    "Tokens processed by each model, by kind (prompt or completion), escalated attempts included.",
+    ["model", "kind"],
+)
+COST = Counter(
+    "router_cost_usd_total",
+    "Actual cost in USD of every tier call, escalated attempts included.",
+    ["model"],
+)
+WASTED_COST = Counter(
+    "router_wasted_cost_usd_total",
+    "Cost in USD of lower-tier answers that were rejected (escalated).",
+    ["model"],
+)
+COUNTERFACTUAL_COST = Counter(
+    "router_counterfactual_cost_usd_total",
+    "Estimated cost in USD had every request gone straight to the top tier (priced on the served "
+    "answer's token counts).",
+    ["model"],
+)
+REQUEST_LATENCY = Histogram(
+    "router_request_duration_seconds",
+    "Time from request to the last byte of the answer, by answering tier and endpoint.",
+    ["tier", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_LATENCY = Histogram(
+    "router_upstream_request_duration_seconds",
+    "Duration of each tier call (generation or prompt scoring), by tier and outcome.",
+    ["tier", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "router_upstream_errors_total",
+    "Tier calls that failed, by tier and error type.",
+    ["tier", "type"],
+)
+IN_FLIGHT = Gauge(
+    "router_in_flight_requests",
+    "API requests being processed (queued ones included).",
+)
+REJECTED = Counter(
+    "router_rejected_requests_total",
+    "Requests refused before reaching a tier, by reason (overloaded, unauthorized, too_large).",
+    ["reason"],
+)
+
+# -- offline (router select): defined here by the select work, below this line ------------------

@@ -1,0 +1,192 @@
+"""The scorer step: texts -> token logprobs (backend) -> signals (THE shared scorer).
+
+Texts of a batch are sorted by length and sent to the backend `batch_size` at a time, so that
+a batch's sequences have similar lengths (less padding for HTTP/vLLM backends, steadier
+progress). A text the backend refuses (`InputError`: empty, a single token) becomes a rejected
+row; any other error stops the run (finished shards stay resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from router.backends.base import Backend
+from router.errors import InputError
+from router.scoring import (
+    DEFAULT_SIGNALS,
+    SCORER_VERSION,
+    ScoreResult,
+    SignalSpec,
+    TokenLogprobs,
+    score_sequences,
+)
+from router.select.steps import Batch, Step
+
+INFO_COLUMNS = ("perplexity", "bits_per_byte")
+REF_PREFIX = "ref_"
+
+
+def signal_specs(extra: SignalSpec | None = None) -> tuple[SignalSpec, ...]:
+    """Every default signal, plus `extra` when it has a parameter the defaults lack."""
+    specs = DEFAULT_SIGNALS
+    if extra is not None and extra.key not in {s.key for s in specs}:
+        specs = (*specs, extra)
+    return specs
+
+
+def score_columns(specs: Sequence[SignalSpec]) -> list[str]:
+    """Float columns the scorer adds, e.g. ['mean_logprob', ..., 'perplexity', 'bits_per_byte']."""
+    return [s.key for s in specs] + list(INFO_COLUMNS)
+
+
+class ScoreStep(Step):
+    """Adds score columns to every batch (NaN on rejected rows)."""
+
+    name = "scorer"
+
+    def __init__(self, backend: Backend, *, specs: Sequence[SignalSpec] = DEFAULT_SIGNALS,
+                 batch_size: int = 32, reference: Backend | None = None,
+                 difference_of: SignalSpec | None = None, keep_text: bool = False) -> None:
+        super().__init__()
+        self.backend = backend
+        self.reference = reference
+        self.specs = tuple(specs)
+        self.batch_size = batch_size
+        self.difference_of = difference_of
+        self.keep_text = keep_text
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- backend calls ---------------------------------------------------------------------------
+
+    def _call(self, backend: Backend, texts: Sequence[str]) -> list[TokenLogprobs]:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self.stat_update("backend_calls")
+        return self._loop.run_until_complete(backend.score(list(texts)))
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for backend in (self.backend, self.reference):
+                if backend is not None:
+                    self._loop.run_until_complete(backend.aclose())
+            self._loop.close()
+            self._loop = None
+
+    def _score_texts(self, backend: Backend, texts: list[str]
+                     ) -> tuple[list[TokenLogprobs | None], list[str | None]]:
+        """Scores of `texts` in length order; refused texts get None and a reason."""
+        seqs: list[TokenLogprobs | None] = [None] * len(texts)
+        reasons: list[str | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            try:
+                got: list[TokenLogprobs | None] = list(
+                    self._call(backend, [texts[i] for i in idx]))
+            except InputError:  # find the culprit(s) one text at a time
+                got = []
+                for i in idx:
+                    try:
+                        got.append(self._call(backend, [texts[i]])[0])
+                    except InputError as exc:
+                        got.append(None)
+                        reasons[i] = f"cannot score ({backend.model_id}): {exc.message}"
+            for i, seq in zip(idx, got, strict=True):
+                seqs[i] = seq
+        return seqs, reasons
+
+    def _signals(self, backend: Backend, seqs: list[TokenLogprobs | None]) -> ScoreResult:
+        ok = [s for s in seqs if s is not None]
+        res = score_sequences(backend.model_id, ok, self.specs)
+        n = len(seqs)
+        pos = np.array([i for i, s in enumerate(seqs) if s is not None], dtype=np.int64)
+        full: dict[str, Any] = {}
+        for key, values in res.signals.items():
+            col = np.full(n, np.nan)
+            col[pos] = values
+            full[key] = col
+        return ScoreResult(model=res.model, signals=full, scorer_version=res.scorer_version)
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def score_table(self, table: Batch) -> Batch:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        t0 = time.perf_counter()
+        n = table.num_rows
+        valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(valid)
+        all_texts = table.column("text").to_pylist()
+        texts = [all_texts[i] for i in rows]
+        seqs, reasons = self._score_texts(self.backend, texts)
+        ref_seqs: list[TokenLogprobs | None] = []
+        if self.reference is not None:
+            todo = [i for i, s in enumerate(seqs) if s is not None]
+            got, ref_reasons = self._score_texts(self.reference, [texts[i] for i in todo])
+            ref_seqs = [None] * len(texts)
+            for j, i in enumerate(todo):
+                ref_seqs[i] = got[j]
+                if got[j] is None:
+                    seqs[i] = None
+                    reasons[i] = ref_reasons[j]
+        main = self._signals(self.backend, seqs)
+        reject = table.column("reject").to_pylist()
+        for j, i in enumerate(rows):
+            if reasons[j] is not None:
+                reject[i] = reasons[j]
+        out = table.set_column(table.schema.get_field_index("reject"), "reject",
+                               pa.array(reject, pa.string()))
+        raw = out.column("raw").to_pylist()
+        for j, i in enumerate(rows):
+            if reasons[j] is not None:
+                raw[i] = texts[j][:2000]
+        out = out.set_column(out.schema.get_field_index("raw"), "raw", pa.array(raw, pa.string()))
+
+        def spread(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+            col = np.full(n, np.nan)
+            col[rows] = values
+            return col
+
+        for key in score_columns(self.specs):
+            out = out.append_column(key, pa.array(spread(main.signals[key]), pa.float64()))
+        tokens = spread(main.signals["n_tokens"])
+        nbytes = spread(main.signals["n_bytes"])
+        out = out.append_column("tokens", pa.array(np.nan_to_num(tokens).astype(np.int64)))
+        out = out.append_column("bytes", pa.array(np.nan_to_num(nbytes).astype(np.int64)))
+        out = out.append_column("model", pa.array([self.backend.model_id] * n, pa.string()))
+        out = out.append_column("scorer_version", pa.array([SCORER_VERSION] * n, pa.string()))
+        if self.reference is not None:
+            ref = self._signals(self.reference, [s if s is not None and seqs[i] is not None
+                                                 else None for i, s in enumerate(ref_seqs)])
+            for key in score_columns(self.specs):
+                out = out.append_column(REF_PREFIX + key,
+                                        pa.array(spread(ref.signals[key]), pa.float64()))
+            out = out.append_column("ref_model",
+                                    pa.array([self.reference.model_id] * n, pa.string()))
+            spec = self.difference_of or SignalSpec("logprob_per_byte")
+            diff = spread(main.signals[spec.key] - ref.signals[spec.key])
+            out = out.append_column("difference", pa.array(diff, pa.float64()))
+        if not self.keep_text:
+            out = out.drop_columns(["text"])
+        scored = int(np.isfinite(tokens).sum())
+        self.stat_update("documents_scored", float(scored))
+        self.stat_update("tokens_scored", float(np.nansum(tokens)))
+        self.stat_update("rejected_by_scorer", float(sum(r is not None for r in reasons)))
+        self.stat_update("scoring_seconds", time.perf_counter() - t0)
+        return out
+
+    def run(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for table in batches:
+            yield self.score_table(table)
+
+
+def finite(x: float) -> float | None:
+    """NaN/inf -> None for JSON. Example: finite(float('nan')) -> None."""
+    return x if math.isfinite(x) else None
