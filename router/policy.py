@@ -299,18 +299,22 @@ def keep_interval(rule: Rule, scores: npt.ArrayLike) -> tuple[float, float]:
         return (rule.keep_above, math.inf)
     if arr.size == 0:
         return (math.inf, -math.inf)
+    ranked = np.sort(arr)
+    n = ranked.size
     if isinstance(rule, TopFractionRule | DifferenceRule):
         if isinstance(rule, DifferenceRule) and rule.keep_above is not None:
             return (rule.keep_above, math.inf)
-        keep = rule.keep if rule.keep is not None else 1.0
-        if keep <= 0:
+        k = int(round((rule.keep if rule.keep is not None else 1.0) * n))
+        if k <= 0:
             return (math.inf, math.inf)
-        return (float(np.quantile(arr, 1.0 - keep, method="inverted_cdf")) if keep < 1
-                else -math.inf, math.inf)
+        return (-math.inf if k >= n else float(ranked[n - k]), math.inf)
     if isinstance(rule, BandRule):
-        lo_q, hi_q = rule.keep_quantiles
-        lo = -math.inf if lo_q <= 0 else float(np.quantile(arr, lo_q, method="inverted_cdf"))
-        hi = math.inf if hi_q >= 1 else float(np.quantile(arr, hi_q, method="inverted_cdf"))
+        # order statistics round(lo*n) .. round(hi*n)-1: keeps round((hi-lo)*n) scores
+        lo_i, hi_i = int(round(rule.keep_quantiles[0] * n)), int(round(rule.keep_quantiles[1] * n))
+        if hi_i <= lo_i:
+            return (math.inf, -math.inf)
+        lo = -math.inf if lo_i <= 0 else float(ranked[lo_i])
+        hi = math.inf if hi_i >= n else float(ranked[hi_i - 1])
         return (lo, hi)
     raise PolicyError(f"rule {rule.kind!r} does not select data")
 

@@ -14,7 +14,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import orjson
 
@@ -101,14 +101,14 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Source]:
 
 def open_binary(path: str, compression: Compression) -> IO[bytes]:
     if compression == "gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     if compression == "zst":
         import zstandard
 
         raw = open(path, "rb")  # noqa: SIM115 - closed with the wrapper
         reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
         return io.BufferedReader(reader)
-    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    return open(path, "rb")
 
 
 class _Rows:
@@ -116,6 +116,7 @@ class _Rows:
 
     def __init__(self, source: Source, batch_size: int) -> None:
         self.source = source
+        self.raw_limit: int | None = RAW_LIMIT
         self.batch_size = batch_size
         self.cols: dict[str, list[Any]] = {k: [] for k in record_schema().names}
 
@@ -130,7 +131,9 @@ class _Rows:
         c["text"].append(text)
         c["stratum"].append(stratum)
         c["reject"].append(reject)
-        c["raw"].append(raw[:RAW_LIMIT] if raw is not None else None)
+        if raw is not None and reject is not None and self.raw_limit:
+            raw = raw[:self.raw_limit]
+        c["raw"].append(raw)
 
     def __len__(self) -> int:
         return len(self.cols["seq"])
@@ -156,8 +159,10 @@ class RecordReader(Step):
 
     def __init__(self, *, text_field: str = "text", id_field: str = "id",
                  text_format: Literal["lines", "file"] = "lines",
-                 stratify: str | None = None, batch_size: int = 256) -> None:
+                 stratify: str | None = None, batch_size: int = 256,
+                 keep_raw: bool = False) -> None:
         super().__init__()
+        self.keep_raw = keep_raw
         self.text_field = text_field
         self.id_field = id_field
         self.text_format = text_format
@@ -235,7 +240,7 @@ class RecordReader(Step):
         if not text.strip():
             rows.add(seq, lineno, rid, None, stratum, reject="empty text", raw=line)
             return
-        rows.add(seq, lineno, rid, text, stratum)
+        rows.add(seq, lineno, rid, text, stratum, raw=line if self.keep_raw else None)
 
     @staticmethod
     def _stratum(value: Any) -> str:

@@ -123,8 +123,9 @@ class ScoreStep(Step):
         n = table.num_rows
         valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
         rows = np.flatnonzero(valid)
+        rows_l: list[int] = rows.tolist()
         all_texts = table.column("text").to_pylist()
-        texts = [all_texts[i] for i in rows]
+        texts = [all_texts[i] for i in rows_l]
         seqs, reasons = self._score_texts(self.backend, texts)
         ref_seqs: list[TokenLogprobs | None] = []
         if self.reference is not None:
@@ -138,13 +139,13 @@ class ScoreStep(Step):
                     reasons[i] = ref_reasons[j]
         main = self._signals(self.backend, seqs)
         reject = table.column("reject").to_pylist()
-        for j, i in enumerate(rows):
+        for j, i in enumerate(rows_l):
             if reasons[j] is not None:
                 reject[i] = reasons[j]
         out = table.set_column(table.schema.get_field_index("reject"), "reject",
                                pa.array(reject, pa.string()))
         raw = out.column("raw").to_pylist()
-        for j, i in enumerate(rows):
+        for j, i in enumerate(rows_l):
             if reasons[j] is not None:
                 raw[i] = texts[j][:2000]
         out = out.set_column(out.schema.get_field_index("raw"), "raw", pa.array(raw, pa.string()))

@@ -19,14 +19,12 @@ The scorer step adds one float64 column per signal plus `tokens`, `bytes`, `mode
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    Batch = pa.Table
-else:
-    Batch = Any
+Batch: TypeAlias = Any  # a pyarrow.Table (pyarrow ships no type hints)
 
 RECORD_COLUMNS = ("file", "file_index", "seq", "line", "id", "text", "stratum", "reject", "raw")
 

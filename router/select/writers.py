@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -30,13 +30,13 @@ def shard_name(source: Source, part: int) -> str:
 
 def _open_out(path: Path, compression: Compression) -> IO[bytes]:
     if compression == "gz":
-        return gzip.open(path, "wb", compresslevel=6)
+        return cast(IO[bytes], gzip.open(path, "wb", compresslevel=6))
     if compression == "zst":
         import zstandard
 
         raw = open(path, "wb")  # noqa: SIM115 - closed with the wrapper
         return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)  # type: ignore[no-any-return]
-    return open(path, "wb")  # noqa: SIM115 - closed in close()
+    return open(path, "wb")
 
 
 def replace_atomic(tmp: Path, final: Path) -> None:
@@ -120,7 +120,7 @@ class ShardWriter:
             if closer is not None:
                 try:
                     closer.close()
-                except Exception:  # noqa: BLE001 - best effort on the way out
+                except Exception:
                     pass
         self._fh = self._pq = None
         self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,110 @@
+"""`create_app(settings)`: the FastAPI app of `router serve`.
+
+The lifespan owns the backends (built from config unless passed in; HTTP tiers hold one pooled
+`httpx.AsyncClient` each), the cascade and the decision log. One exception handler turns every
+`RouterError` into OpenAI's error body; services raise, they never return errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router._version import __version__
+from router.backends import Backend, build_backends
+from router.config import Settings
+from router.errors import InputError, OverloadedError, RouterError, UnknownModelError
+from router.serve.cascade import Cascade
+from router.serve.decision_log import DecisionLog
+from router.serve.protection import ProtectionMiddleware
+from router.serve.routes import chat, completions, health, models
+from router.serve.state import ServeState
+
+log = logging.getLogger("router.serve")
+
+
+def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> tuple[str, ...]:
+    """Keys from `server.api_keys` plus the comma-separated variable `server.api_keys_env`."""
+    keys = [k for k in settings.server.api_keys if k]
+    env_name = settings.server.api_keys_env
+    if env_name and environ is not None:
+        keys += [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
+    return tuple(keys)
+
+
+async def router_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RouterError)
+    headers = {}
+    if isinstance(exc, OverloadedError):
+        headers["retry-after"] = str(max(1, int(exc.retry_after)))
+    if exc.status_code >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code,
+                    exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    err: RouterError = (UnknownModelError(f"no route {request.url.path}", code="not_found")
+                        if exc.status_code == 404 else InputError(str(exc.detail)))
+    err.status_code = exc.status_code
+    return JSONResponse(err.body(), status_code=exc.status_code)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse(RouterError("internal error").body(), status_code=500)
+
+
+def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None, *,
+               environ: Mapping[str, str] | None = None, preload: bool = True) -> FastAPI:
+    """The app. `backends` (tier name -> Backend) replaces the ones built from config; the
+    caller then owns them. `environ` resolves `server.api_keys_env` (the CLI passes os.environ).
+    """
+    cascade_backends = dict(backends) if backends is not None else build_backends(settings)
+    owns = backends is None
+    cascade = Cascade(settings, cascade_backends)  # loads and validates the policies now
+    keys = resolve_api_keys(settings, environ)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServeState(settings=settings, backends=cascade_backends, cascade=cascade,
+                           owns_backends=owns, api_keys=keys)
+        dl = settings.server.decision_log
+        if dl is not None:
+            state.decision_log = DecisionLog(settings.resolve(dl.path),
+                                             include_prompt=dl.include_prompt)
+            await state.decision_log.start()
+        app.state.serve = state
+        if preload:
+            for tier in settings.tiers:
+                if tier.backend == "embedded":
+                    try:
+                        await cascade_backends[tier.name].check()
+                    except Exception as exc:
+                        log.error("tier %s cannot load: %s", tier.name, exc)
+        try:
+            yield
+        finally:
+            if state.decision_log is not None:
+                await state.decision_log.close()
+            if owns:
+                for b in cascade_backends.values():
+                    await b.aclose()
+
+    app = FastAPI(title="cascade-router", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(RouterError, router_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
+    for module in (chat, completions, models, health):
+        app.include_router(module.router)
+    server = settings.server
+    app.add_middleware(ProtectionMiddleware, api_keys=keys, max_body_bytes=server.max_body_bytes,
+                       max_in_flight=server.max_in_flight, max_queue=server.max_queue)
+    return app

@@ -1,0 +1,107 @@
+"""Shared by the chat and completions routes: run or stream the cascade, format the reply,
+log the decision."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from router.backends.base import GenerationRequest, StreamDelta, Usage
+from router.errors import RouterError, UpstreamTimeout
+from router.serve import openai_format as fmt
+from router.serve.cascade import Outcome
+from router.serve.decision_log import record_for
+from router.serve.state import ServeState
+
+
+def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model: str,
+         stream: bool, started: float, prompt: str, usage: Usage | None,
+         status: int = 200) -> None:
+    if state.decision_log is None:
+        return
+    state.decision_log.write(record_for(
+        outcome, rid=rid, endpoint=endpoint, requested_model=model, stream=stream,
+        latency_s=time.perf_counter() - started, prompt=prompt,
+        include_prompt=state.decision_log.include_prompt, status=status,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0))
+
+
+def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int = 0
+              ) -> dict[str, Any] | None:
+    if k is None:
+        return None
+    if chat:
+        return fmt.chat_logprobs(delta_lp, alts, k)
+    return fmt.completion_logprobs(delta_lp, alts, k, offset)
+
+
+async def respond(state: ServeState, *, chat: bool, model: str, request: GenerationRequest,
+                  prompt: str, stream: bool, logprobs_k: int | None,
+                  include_usage: bool) -> JSONResponse | StreamingResponse:
+    """`logprobs_k`: None when the client did not ask for logprobs, else its top-k (may be 0)."""
+    cascade = state.cascade
+    direct = cascade.route(model)
+    started = time.perf_counter()
+    endpoint = "chat" if chat else "completions"
+    rid = fmt.new_id("chatcmpl" if chat else "cmpl")
+    if not stream:
+        try:
+            async with asyncio.timeout(state.settings.server.request_timeout_s):
+                result = await cascade.run(request, direct=direct, prompt_text=prompt)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no answer within {state.settings.server.request_timeout_s} s "
+                                  "(server.request_timeout_s)") from None
+        gen, out = result.generation, result.outcome
+        lp = _logprobs(chat, logprobs_k, gen.logprobs, gen.alternatives)
+        build = fmt.chat_response if chat else fmt.completion_response
+        payload = build(rid=rid, model=out.tier.model, text=gen.text, finish=gen.finish_reason,
+                     usage=gen.usage, logprobs=lp)
+        _log(state, out, rid=rid, endpoint=endpoint, model=model, stream=False,
+             started=started, prompt=prompt, usage=gen.usage)
+        return JSONResponse(payload, headers=out.headers())
+
+    events = cascade.stream(request, direct=direct, prompt_text=prompt)
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Outcome)
+    outcome = first
+    writer = fmt.ChunkWriter(chat=chat, rid=rid, model=outcome.tier.model)
+
+    async def body() -> AsyncIterator[bytes]:
+        finish: str | None = None
+        usage: Usage | None = None
+        status = 200
+        try:
+            if chat:
+                yield writer.role()
+            async for ev in events:
+                assert isinstance(ev, StreamDelta)
+                if ev.usage is not None:
+                    usage = ev.usage
+                if ev.finish_reason is not None:
+                    finish = ev.finish_reason
+                if ev.text or (logprobs_k is not None and len(ev.logprobs)):
+                    lp = _logprobs(chat, logprobs_k, ev.logprobs, ev.alternatives, writer.offset)
+                    yield writer.delta(ev.text, lp)
+            yield writer.delta("", None, finish or "stop")
+            if include_usage:
+                yield writer.usage(usage or Usage(0, 0))
+        except RouterError as err:
+            status = err.status_code
+            yield fmt.sse(err.body())
+        finally:
+            await events.aclose()
+            _log(state, outcome, rid=rid, endpoint=endpoint, model=model, stream=True,
+                 started=started, prompt=prompt, usage=usage, status=status)
+        yield fmt.SSE_DONE
+
+    headers = {**outcome.headers(), "cache-control": "no-cache"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,1 @@
+"""One APIRouter per OpenAI endpoint group, assembled by `router.serve.app`."""

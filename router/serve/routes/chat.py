@@ -1,0 +1,23 @@
+"""POST /v1/chat/completions"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from router.serve.respond import respond
+from router.serve.schemas import ChatBody, chat_request, parse_body, prompt_text_of
+from router.serve.state import StateDep
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request, state: StateDep) -> JSONResponse | StreamingResponse:
+    body = parse_body(await request.body(), ChatBody)
+    top_k = max(t.config.top_logprobs for t in state.cascade.tiers)
+    gen = chat_request(body, state.settings.server, top_k)
+    return await respond(state, chat=True, model=body.model, request=gen,
+                         prompt=prompt_text_of(body), stream=body.stream,
+                         logprobs_k=(body.top_logprobs or 0) if body.logprobs else None,
+                         include_usage=body.include_usage)

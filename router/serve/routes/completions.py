@@ -1,0 +1,22 @@
+"""POST /v1/completions"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from router.serve.respond import respond
+from router.serve.schemas import CompletionBody, completion_request, parse_body, prompt_text_of
+from router.serve.state import StateDep
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+
+@router.post("/completions", response_model=None)
+async def completions(request: Request, state: StateDep) -> JSONResponse | StreamingResponse:
+    body = parse_body(await request.body(), CompletionBody)
+    top_k = max(t.config.top_logprobs for t in state.cascade.tiers)
+    gen = completion_request(body, state.settings.server, top_k)
+    return await respond(state, chat=False, model=body.model, request=gen,
+                         prompt=prompt_text_of(body), stream=body.stream,
+                         logprobs_k=body.logprobs, include_usage=body.include_usage)

@@ -1,0 +1,31 @@
+"""What the app holds for its lifetime, and the `Annotated` dependency that hands it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from router.backends.base import Backend
+from router.config import Settings
+from router.serve.cascade import Cascade
+from router.serve.decision_log import DecisionLog
+
+
+@dataclass
+class ServeState:
+    settings: Settings
+    backends: dict[str, Backend]
+    cascade: Cascade
+    owns_backends: bool
+    decision_log: DecisionLog | None = None
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
+
+
+def get_state(request: Request) -> ServeState:
+    state: ServeState = request.app.state.serve
+    return state
+
+
+StateDep = Annotated[ServeState, Depends(get_state)]
