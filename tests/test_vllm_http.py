@@ -79,7 +79,9 @@ async def test_prompt_scores_agree_with_the_embedded_backend(
     for r, loc in zip(remote, local, strict=True):
         assert r.tokens == loc.tokens  # same tokenisation, same first-token convention
         assert r.top_logprobs is not None
-        np.testing.assert_allclose(r.logprobs, loc.logprobs, atol=0.35)
+        # llama.cpp quantises activations to 8 bits for its Q4 matmuls; vLLM runs float32:
+        # tokens differ by up to a few tenths, the means by a few hundredths
+        np.testing.assert_allclose(r.logprobs, loc.logprobs, atol=0.6)
     rs = score_sequences("m", remote).signals["mean_logprob"]
     ls = score_sequences("m", local).signals["mean_logprob"]
     # stated tolerance: mean log-probability per text within 0.1 nats

