@@ -22,7 +22,49 @@ from pathlib import Path
 from router.backends._llama import LlamaEngine
 from router.models import resolve_packaged
 
-WORDS = ["the", "customer", "asked", "about", "a", "refund", "for", "the", "order", "that", "arrived", "late", "and", "the", "agent", "explained", "how", "to", "reset", "the", "password", "update", "billing", "details", "and", "track", "the", "parcel", "while", "the", "support", "team", "reviewed", "every", "ticket", "in", "the", "queue", "before", "the", "weekend"]
+WORDS = [
+    "the",
+    "customer",
+    "asked",
+    "about",
+    "a",
+    "refund",
+    "for",
+    "the",
+    "order",
+    "that",
+    "arrived",
+    "late",
+    "and",
+    "the",
+    "agent",
+    "explained",
+    "how",
+    "to",
+    "reset",
+    "the",
+    "password",
+    "update",
+    "billing",
+    "details",
+    "and",
+    "track",
+    "the",
+    "parcel",
+    "while",
+    "the",
+    "support",
+    "team",
+    "reviewed",
+    "every",
+    "ticket",
+    "in",
+    "the",
+    "queue",
+    "before",
+    "the",
+    "weekend",
+]
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -64,7 +106,10 @@ def bench(model: str, docs: int, repeats: int) -> dict[str, object]:
         best["router_score"] = min(best["router_score"], scored())
     tps = {k: n_tokens / v for k, v in best.items()}
     return {
-        "model": model, "docs": docs, "tokens": n_tokens, "repeats": repeats,
+        "model": model,
+        "docs": docs,
+        "tokens": n_tokens,
+        "repeats": repeats,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "tokens_per_s": tps,
         "ratio_score_vs_raw_forward_all": tps["router_score"] / tps["raw_forward_all"],
@@ -82,8 +127,10 @@ def main() -> None:
     res = bench(args.model, args.docs, args.repeats)
     tps = res["tokens_per_s"]
     assert isinstance(tps, dict)
-    print(f"model {res['model']}: {res['docs']} docs, {res['tokens']} tokens, best of "
-          f"{res['repeats']}")
+    print(
+        f"model {res['model']}: {res['docs']} docs, {res['tokens']} tokens, best of "
+        f"{res['repeats']}"
+    )
     print(f"{'measurement':<18}{'tokens/s':>12}")
     for k, v in tps.items():
         print(f"{k:<18}{v:>12.1f}")

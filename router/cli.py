@@ -22,8 +22,9 @@ EXIT_ERROR = 2
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None,
-                   help="config file (default: the repo's config.yaml)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="config file (default: the repo's config.yaml)"
+    )
 
 
 def _json_safe(value: Any) -> Any:
@@ -81,11 +82,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     seqs = asyncio.run(run())
     result = score_sequences(backend.model_id, seqs, specs)
     for i, (label, _) in enumerate(inputs):
-        row = {"input": label, "tier": tier.name,
-               **{k: _json_safe(v) for k, v in result.row(i).items()}}
+        row = {
+            "input": label,
+            "tier": tier.name,
+            **{k: _json_safe(v) for k, v in result.row(i).items()},
+        }
         if args.tokens:
-            row["tokens"] = [[t, round(float(lp), 4)] for t, lp in
-                             zip(seqs[i].tokens or (), seqs[i].logprobs, strict=False)]
+            row["tokens"] = [
+                [t, round(float(lp), 4)]
+                for t, lp in zip(seqs[i].tokens or (), seqs[i].logprobs, strict=False)
+            ]
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -124,6 +130,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
         fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), func)
         return fn(args)
+
     return run
 
 
@@ -131,17 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="router",
         description="Cascade router: answer with a small model, escalate when it is unsure; "
-                    "score and select training data with the same scorer.")
+        "score and select training data with the same scorer.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("score", help="print every likelihood signal of a text as JSON")
     p.add_argument("text", nargs="+", help="a text, a file (one text), or - (stdin, one a line)")
     p.add_argument("--model", help="tier name or model id (default: the first tier)")
-    p.add_argument("--quantile", type=float, action="append",
-                   help="also report quantile_logprob at this q (repeatable)")
+    p.add_argument(
+        "--quantile",
+        type=float,
+        action="append",
+        help="also report quantile_logprob at this q (repeatable)",
+    )
     p.add_argument("--tokens", action="store_true", help="also print per-token logprobs")
-    p.add_argument("--top-k", type=int, default=5,
-                   help="top-k per position for the entropy and margin signals (0: skip)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        help="top-k per position for the entropy and margin signals (0: skip)",
+    )
     _config_arg(p)
     p.set_defaults(func=cmd_score)
 
@@ -162,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_select_parser(sub)
 
-    for name, module, helptext in (
+    for _name, module, helptext in (
         ("calibrate", "router.calibrate.cli", "fit a policy threshold to a target escalation rate"),
         ("eval", "router.evaluate.cli", "measure a cascade: AUROC, deferral curve, PGR"),
     ):

@@ -51,14 +51,19 @@ class Price(_Strict):
         if self.gpu_hour_usd is not None and self.tokens_per_second is not None:
             per_token = self.gpu_hour_usd / 3600.0 / self.tokens_per_second
             return per_token * (prompt_tokens + completion_tokens)
-        return (prompt_tokens * self.prompt_per_mtok
-                + completion_tokens * self.completion_per_mtok) / 1e6
+        return (
+            prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok
+        ) / 1e6
 
 
 class PromptTemplateConfig(_Strict):
-    roles: dict[str, str] = Field(default_factory=lambda: {
-        "system": "{content}\n\n", "user": "Question: {content}\n",
-        "assistant": "Answer: {content}\n\n"})
+    roles: dict[str, str] = Field(
+        default_factory=lambda: {
+            "system": "{content}\n\n",
+            "user": "Question: {content}\n",
+            "assistant": "Answer: {content}\n\n",
+        }
+    )
     generation: str = "Answer:"
     stop: list[str] = Field(default_factory=lambda: ["\nQuestion:", "\n\n"])
     prefix: str = ""
@@ -67,8 +72,11 @@ class PromptTemplateConfig(_Strict):
 class TierConfig(_Strict):
     name: str = Field(min_length=1)
     backend: Literal["embedded", "openai_http", "vllm_engine"]
-    model: str = Field(min_length=1, description="packaged id or GGUF path (embedded); "
-                       "the upstream's model name (openai_http); HF dir (vllm_engine)")
+    model: str = Field(
+        min_length=1,
+        description="packaged id or GGUF path (embedded); "
+        "the upstream's model name (openai_http); HF dir (vllm_engine)",
+    )
     # embedded (llama.cpp)
     n_ctx: int = Field(2048, ge=64)
     n_batch: int = Field(512, ge=8)
@@ -162,18 +170,23 @@ class Settings(_Strict):
     def _refs(self) -> Settings:
         names = {t.name for t in self.tiers}
         if self.select.model is not None and self.select.model not in names:
-            raise ValueError(f"select.model {self.select.model!r} is not a tier "
-                             f"({', '.join(sorted(names))})")
+            raise ValueError(
+                f"select.model {self.select.model!r} is not a tier ({', '.join(sorted(names))})"
+            )
         if self.server.cascade_model in names:
-            raise ValueError(f"server.cascade_model {self.server.cascade_model!r} "
-                             "must differ from every tier name")
+            raise ValueError(
+                f"server.cascade_model {self.server.cascade_model!r} "
+                "must differ from every tier name"
+            )
         return self
 
     def tier(self, name: str) -> TierConfig:
         for t in self.tiers:
             if t.name == name or t.model == name:
                 return t
-        raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(t.name for t in self.tiers)})")
+        raise ConfigError(
+            f"no tier named {name!r} (tiers: {', '.join(t.name for t in self.tiers)})"
+        )
 
     @property
     def base_dir(self) -> Path:
@@ -194,14 +207,18 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 def settings_from_dict(raw: Any, source: str = "<config>") -> Settings:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             got = err.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+            got_s = (
+                f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+            )
             lines.append(f"{source}: {_format_loc(tuple(err['loc']))}: {err['msg']}{got_s}")
         raise ConfigError("\n".join(lines)) from None
     return settings
@@ -224,8 +241,9 @@ def load_settings(path: Path | str | None = None) -> Settings:
     return settings.model_copy(update={"source": p.resolve()})
 
 
-def resolve_secret(value: str | None, env_name: str | None,
-                   environ: dict[str, str] | None = None) -> str | None:
+def resolve_secret(
+    value: str | None, env_name: str | None, environ: dict[str, str] | None = None
+) -> str | None:
     """An inline secret, else the named environment variable (the CLI passes os.environ)."""
     if value:
         return value

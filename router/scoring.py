@@ -183,16 +183,14 @@ class RaggedBatch:
     @classmethod
     def from_sequences(cls, seqs: Sequence[TokenLogprobs]) -> RaggedBatch:
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        values = (
-            np.concatenate([s.logprobs for s in seqs]) if seqs else np.zeros(0, np.float64)
-        )
-        nbytes = (
-            np.concatenate([s.token_bytes for s in seqs]) if seqs else np.zeros(0, np.int64)
-        )
+        values = np.concatenate([s.logprobs for s in seqs]) if seqs else np.zeros(0, np.float64)
+        nbytes = np.concatenate([s.token_bytes for s in seqs]) if seqs else np.zeros(0, np.int64)
         top = None
         if seqs and all(s.top_logprobs is not None for s in seqs):
             k = min(s.top_logprobs.shape[1] for s in seqs if s.top_logprobs is not None)
-            top = np.concatenate([s.top_logprobs[:, :k] for s in seqs if s.top_logprobs is not None])
+            top = np.concatenate(
+                [s.top_logprobs[:, :k] for s in seqs if s.top_logprobs is not None]
+            )
         return cls(values.astype(np.float64), lengths, nbytes.astype(np.int64), top)
 
 
@@ -328,7 +326,9 @@ def score_sequences(
     specs: Sequence[SignalSpec] = DEFAULT_SIGNALS,
 ) -> ScoreResult:
     """Token logprobs of several sequences -> their signals, stamped with `model`."""
-    return ScoreResult(model=model, signals=compute_signals(RaggedBatch.from_sequences(seqs), specs))
+    return ScoreResult(
+        model=model, signals=compute_signals(RaggedBatch.from_sequences(seqs), specs)
+    )
 
 
 def check_comparable(a: ScoreResult, b: ScoreResult) -> None:

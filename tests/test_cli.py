@@ -14,8 +14,9 @@ ROUTER = [sys.executable, "-m", "router.cli"]
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*ROUTER, *args], input=stdin, capture_output=True, timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode,
-                                       proc.stdout.decode(), proc.stderr.decode())
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    )
 
 
 def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -28,12 +29,24 @@ def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.model
 def test_score_prints_every_signal_and_orders_fluent_above_shuffled() -> None:
-    proc = run("score", "The children walked to school in the morning.",
-               "school morning the walked in children The to.")
+    proc = run(
+        "score",
+        "The children walked to school in the morning.",
+        "school morning the walked in children The to.",
+    )
     assert proc.returncode == 0, proc.stderr
     fluent, shuffled = (json.loads(line) for line in proc.stdout.splitlines())
-    for key in ("mean_logprob", "min_logprob", "quantile_logprob_q0.1", "logprob_per_byte",
-                "bits_per_byte", "neg_mean_entropy", "mean_margin", "model", "scorer_version"):
+    for key in (
+        "mean_logprob",
+        "min_logprob",
+        "quantile_logprob_q0.1",
+        "logprob_per_byte",
+        "bits_per_byte",
+        "neg_mean_entropy",
+        "mean_margin",
+        "model",
+        "scorer_version",
+    ):
         assert key in fluent
     assert fluent["model"] == "smollm2-135m-instruct"
     assert fluent["mean_logprob"] > shuffled["mean_logprob"] + 3.0

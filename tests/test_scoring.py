@@ -30,8 +30,9 @@ sequence = st.lists(logprob, min_size=1, max_size=30)
 def _seq(values: list[float], nbytes: int = 3, k: int = 0) -> TokenLogprobs:
     top = None
     if k:
-        top = np.array([sorted([v] + [v - 1.0 - j for j in range(k - 1)], reverse=True)
-                        for v in values])
+        top = np.array(
+            [sorted([v] + [v - 1.0 - j for j in range(k - 1)], reverse=True) for v in values]
+        )
     return TokenLogprobs(np.array(values, float), np.full(len(values), nbytes, np.int64), top)
 
 
@@ -39,10 +40,17 @@ def _seq(values: list[float], nbytes: int = 3, k: int = 0) -> TokenLogprobs:
 @settings(max_examples=200, deadline=None)
 def test_signals_match_plain_loops(seqs: list[list[float]], q: float) -> None:
     spec_q = SignalSpec("quantile_logprob", q=q)
-    out = compute_signals(RaggedBatch.from_sequences([_seq(s) for s in seqs]),
-                          [SignalSpec("mean_logprob"), SignalSpec("sum_logprob"),
-                           SignalSpec("min_logprob"), spec_q, SignalSpec("logprob_per_byte"),
-                           SignalSpec("neg_perplexity")])
+    out = compute_signals(
+        RaggedBatch.from_sequences([_seq(s) for s in seqs]),
+        [
+            SignalSpec("mean_logprob"),
+            SignalSpec("sum_logprob"),
+            SignalSpec("min_logprob"),
+            spec_q,
+            SignalSpec("logprob_per_byte"),
+            SignalSpec("neg_perplexity"),
+        ],
+    )
     for i, s in enumerate(seqs):
         mean = sum(s) / len(s)
         assert out["mean_logprob"][i] == pytest.approx(mean, abs=1e-9)
@@ -83,12 +91,21 @@ def test_topk_signals() -> None:
 
 def test_higher_is_more_confident_for_every_signal() -> None:
     confident = _seq([-0.1, -0.2, -0.1], k=3)
-    unsure = TokenLogprobs(np.array([-3.0, -4.0, -2.5]), np.full(3, 3, np.int64),
-                           np.log(np.full((3, 3), 1 / 3)))
+    unsure = TokenLogprobs(
+        np.array([-3.0, -4.0, -2.5]), np.full(3, 3, np.int64), np.log(np.full((3, 3), 1 / 3))
+    )
     r = score_sequences("m", [confident, unsure])
-    for spec in ("mean_logprob", "sum_logprob", "min_logprob", "quantile_logprob_q0.1",
-                 "neg_perplexity", "logprob_per_byte", "neg_bits_per_byte",
-                 "neg_mean_entropy", "mean_margin"):
+    for spec in (
+        "mean_logprob",
+        "sum_logprob",
+        "min_logprob",
+        "quantile_logprob_q0.1",
+        "neg_perplexity",
+        "logprob_per_byte",
+        "neg_bits_per_byte",
+        "neg_mean_entropy",
+        "mean_margin",
+    ):
         assert r.signals[spec][0] > r.signals[spec][1], spec
 
 
@@ -128,7 +145,11 @@ def test_window_plan_scores_every_token_once(n: int, window: int, data: st.DataO
 
 def test_window_plan_example_and_errors() -> None:
     assert [(w.start, w.end, w.score_from) for w in window_plan(10, 4, 2)] == [
-        (0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+        (0, 4, 0),
+        (2, 6, 4),
+        (4, 8, 6),
+        (6, 10, 8),
+    ]
     with pytest.raises(ScoringError):
         window_plan(10, 4, 0)
     with pytest.raises(ScoringError):

@@ -14,21 +14,33 @@ from router.backends._llama import LlamaEngine
 from tests.harness.vllm_cpu import HERE, ensure_hf_model, ensure_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
-TEXTS = ["The children walked to school in the morning.",
-         "school morning the walked in children The to."]
+TEXTS = [
+    "The children walked to school in the morning.",
+    "school morning the walked in children The to.",
+]
 
 
 def test_vllm_engine_scores_agree_with_the_embedded_backend(small_engine: LlamaEngine) -> None:
     python = ensure_venv()
     model_dir = ensure_hf_model(python)
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
-           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    proc = subprocess.run([str(python), str(HERE / "engine_check.py"), str(model_dir), *TEXTS],
-                          capture_output=True, text=True, env=env, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+    proc = subprocess.run(
+        [str(python), str(HERE / "engine_check.py"), str(model_dir), *TEXTS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-3000:]
-    result = json.loads(lines[0][len("RESULT "):])
+    result = json.loads(lines[0][len("RESULT ") :])
     for text, remote in zip(TEXTS, result["scores"], strict=True):
         local = small_engine.score(text)
         assert tuple(remote["tokens"]) == local.tokens

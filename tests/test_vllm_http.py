@@ -33,15 +33,20 @@ def vllm() -> Iterator[VllmServer]:
 
 
 def _backend(server: VllmServer) -> OpenAIHttpBackend:
-    return OpenAIHttpBackend(server.model, HttpSettings(base_url=server.base_url,
-                                                        model=server.model, timeout_s=120))
+    return OpenAIHttpBackend(
+        server.model, HttpSettings(base_url=server.base_url, model=server.model, timeout_s=120)
+    )
 
 
 async def test_chat_generation_with_logprobs_and_top_k(vllm: VllmServer) -> None:
     backend = _backend(vllm)
     await backend.check()
-    req = GenerationRequest(messages=(ChatMessage("user", "How do I reset my password?"),),
-                            max_tokens=12, temperature=0.0, top_logprobs=5)
+    req = GenerationRequest(
+        messages=(ChatMessage("user", "How do I reset my password?"),),
+        max_tokens=12,
+        temperature=0.0,
+        top_logprobs=5,
+    )
     gen = await backend.generate(req)
     await backend.aclose()
     assert gen.text and gen.model == vllm.model
@@ -56,8 +61,9 @@ async def test_chat_generation_with_logprobs_and_top_k(vllm: VllmServer) -> None
 
 async def test_completion_stream_matches_non_stream(vllm: VllmServer) -> None:
     backend = _backend(vllm)
-    req = GenerationRequest(prompt="The capital of France is", max_tokens=8, temperature=0.0,
-                            top_logprobs=3)
+    req = GenerationRequest(
+        prompt="The capital of France is", max_tokens=8, temperature=0.0, top_logprobs=3
+    )
     whole = await backend.generate(req)
     pieces = [d async for d in backend.stream(req)]
     await backend.aclose()

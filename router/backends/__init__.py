@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 
-def build_backend(tier: TierConfig, settings: Settings | None = None,
-                  environ: Mapping[str, str] | None = None) -> Backend:
+def build_backend(
+    tier: TierConfig, settings: Settings | None = None, environ: Mapping[str, str] | None = None
+) -> Backend:
     """A tier's config -> its backend (nothing is loaded or connected yet)."""
     if tier.backend == "embedded":
         from router.backends.embedded import EmbeddedBackend, EmbeddedSettings
@@ -39,21 +40,42 @@ def build_backend(tier: TierConfig, settings: Settings | None = None,
         model = tier.model
         if settings is not None and ("/" in model or model.endswith(".gguf")):
             model = str(settings.resolve(__import__("pathlib").Path(model)))
-        template = (transcript_from_config(tier.prompt_template.model_dump())
-                    if tier.prompt_template is not None else None)
-        return EmbeddedBackend(tier.model, EmbeddedSettings(
-            model=model, n_ctx=tier.n_ctx, n_batch=tier.n_batch, n_threads=tier.n_threads,
-            score_window=tier.score_window, score_stride=tier.score_stride), template)
+        template = (
+            transcript_from_config(tier.prompt_template.model_dump())
+            if tier.prompt_template is not None
+            else None
+        )
+        return EmbeddedBackend(
+            tier.model,
+            EmbeddedSettings(
+                model=model,
+                n_ctx=tier.n_ctx,
+                n_batch=tier.n_batch,
+                n_threads=tier.n_threads,
+                score_window=tier.score_window,
+                score_stride=tier.score_stride,
+            ),
+            template,
+        )
     if tier.backend == "openai_http":
         from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
 
         assert tier.base_url is not None
-        key = resolve_secret(tier.api_key, tier.api_key_env,
-                             dict(environ) if environ is not None else None)
-        return OpenAIHttpBackend(tier.model, HttpSettings(
-            base_url=tier.base_url, model=tier.model, api_key=key, timeout_s=tier.timeout_s,
-            connect_timeout_s=tier.connect_timeout_s, max_concurrency=tier.max_concurrency,
-            max_retries=tier.max_retries))
+        key = resolve_secret(
+            tier.api_key, tier.api_key_env, dict(environ) if environ is not None else None
+        )
+        return OpenAIHttpBackend(
+            tier.model,
+            HttpSettings(
+                base_url=tier.base_url,
+                model=tier.model,
+                api_key=key,
+                timeout_s=tier.timeout_s,
+                connect_timeout_s=tier.connect_timeout_s,
+                max_concurrency=tier.max_concurrency,
+                max_retries=tier.max_retries,
+            ),
+        )
     if tier.backend == "vllm_engine":
         from router.backends.vllm_engine import VllmEngineBackend
 
@@ -61,7 +83,8 @@ def build_backend(tier: TierConfig, settings: Settings | None = None,
     raise ConfigError(f"tier {tier.name}: unknown backend {tier.backend!r}")
 
 
-def build_backends(settings: Settings,
-                   environ: Mapping[str, str] | None = None) -> dict[str, Backend]:
+def build_backends(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, Backend]:
     """Every tier's backend, keyed by tier name, in cascade order."""
     return {t.name: build_backend(t, settings, environ) for t in settings.tiers}

@@ -77,17 +77,32 @@ class Cancelled(Exception):
 class LlamaEngine:
     """One GGUF model in one llama.cpp context. Callers serialise access (see EmbeddedBackend)."""
 
-    def __init__(self, path: Path, *, n_ctx: int = 2048, n_batch: int = 512,
-                 n_threads: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
         try:
             from llama_cpp import Llama
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise ModelError(f"llama-cpp-python is not installed: {exc}") from None
         threads = n_threads or max(1, os.cpu_count() or 1)
         try:
-            self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch,
-                              n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                              logits_all=False, verbose=False, seed=seed)
+            self._llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                verbose=False,
+                seed=seed,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load GGUF model {path}: {exc}") from None
         import llama_cpp
@@ -178,15 +193,18 @@ class LlamaEngine:
             self._cached.extend(chunk)
             if want_all or last_chunk:
                 rows = len(chunk) if want_all else 1
-                raw = np.ctypeslib.as_array(self._llm._ctx.get_logits(),
-                                            shape=(rows * self.n_vocab,))
+                raw = np.ctypeslib.as_array(
+                    self._llm._ctx.get_logits(),  # type: ignore[no-untyped-call]
+                    shape=(rows * self.n_vocab,),
+                )
                 out.append(log_softmax_rows(raw.reshape(rows, self.n_vocab)))
         return np.concatenate(out) if out else np.zeros((0, self.n_vocab), np.float32)
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def score(self, text: str, *, window: int | None = None, stride: int | None = None,
-              top_k: int = 0) -> TokenLogprobs:
+    def score(
+        self, text: str, *, window: int | None = None, stride: int | None = None, top_k: int = 0
+    ) -> TokenLogprobs:
         """Log-probability of every scorable token of `text`, in strided windows if long."""
         if not text:
             raise InputError("cannot score an empty text")
@@ -224,8 +242,9 @@ class LlamaEngine:
 
     # -- generation -------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], params: SampleParams,
-                 cancel: threading.Event | None = None) -> Iterator[Step]:
+    def generate(
+        self, prompt_ids: list[int], params: SampleParams, cancel: threading.Event | None = None
+    ) -> Iterator[Step]:
         """Yield generated tokens one by one; stops at EOG, max_tokens or the context end.
 
         Stop strings are the caller's business (they span tokens). The caller must hold the
@@ -250,8 +269,14 @@ class LlamaEngine:
                 return
             ids, vals = top_k_rows(row[None, :], max(params.top_k, 1))
             piece = self.pieces[token]
-            yield Step(token=token, text=decoder.decode(piece), logprob=float(row[token]),
-                       nbytes=len(piece), top_ids=ids[0], top_logprobs=vals[0])
+            yield Step(
+                token=token,
+                text=decoder.decode(piece),
+                logprob=float(row[token]),
+                nbytes=len(piece),
+                top_ids=ids[0],
+                top_logprobs=vals[0],
+            )
             if len(self._cached) + 1 >= self.n_ctx:
                 return
             row = self._decode([token], len(self._cached), all_logits=False)[-1]

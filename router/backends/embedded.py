@@ -12,14 +12,15 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from router.backends._llama import Cancelled, LlamaEngine, SampleParams, Step
 from router.backends.base import (
-    GenerationRequest,
+    FinishReason,
     Generation,
+    GenerationRequest,
     StreamDelta,
     TopAlternatives,
     Usage,
@@ -31,6 +32,18 @@ from router.prompting import JinjaChatTemplate, PromptTemplate
 from router.scoring import TokenLogprobs
 
 T = TypeVar("T")
+
+
+@dataclass
+class _StreamMeta:
+    """Filled by the worker thread before it queues the matching event."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = -1
+    stops: tuple[str, ...] = ()
+    finish: FinishReason = "stop"
+
+
 _END = object()
 
 
@@ -47,8 +60,9 @@ class EmbeddedSettings:
 
 
 class EmbeddedBackend:
-    def __init__(self, model_id: str, settings: EmbeddedSettings,
-                 template: PromptTemplate | None = None) -> None:
+    def __init__(
+        self, model_id: str, settings: EmbeddedSettings, template: PromptTemplate | None = None
+    ) -> None:
         self._model_id = model_id
         self.settings = settings
         self._template = template
@@ -66,16 +80,20 @@ class EmbeddedBackend:
     def _load_sync(self) -> LlamaEngine:
         if self._engine is None:
             path: Path = resolve_model_path(self.settings.model)
-            self._engine = LlamaEngine(path, n_ctx=self.settings.n_ctx,
-                                       n_batch=self.settings.n_batch,
-                                       n_threads=self.settings.n_threads,
-                                       seed=self.settings.seed)
+            self._engine = LlamaEngine(
+                path,
+                n_ctx=self.settings.n_ctx,
+                n_batch=self.settings.n_batch,
+                n_threads=self.settings.n_threads,
+                seed=self.settings.seed,
+            )
         return self._engine
 
     def _locked(self, fn: Callable[[LlamaEngine], T]) -> Callable[[], T]:
         def run() -> T:
             with self._engine_lock:
                 return fn(self._load_sync())
+
         return run
 
     async def _run(self, fn: Callable[[LlamaEngine], T]) -> T:
@@ -103,7 +121,9 @@ class EmbeddedBackend:
             self._chat_template = JinjaChatTemplate(source, bos_token=bos, eos_token=eos)
         return self._chat_template
 
-    def _prepare(self, engine: LlamaEngine, req: GenerationRequest) -> tuple[list[int], tuple[str, ...]]:
+    def _prepare(
+        self, engine: LlamaEngine, req: GenerationRequest
+    ) -> tuple[list[int], tuple[str, ...]]:
         if req.messages is not None:
             template = self._template_for(engine)
             text = template.render(req.messages)
@@ -123,24 +143,29 @@ class EmbeddedBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
-        params = SampleParams(max_tokens=request.max_tokens, temperature=request.temperature,
-                              top_p=request.top_p, stop=request.stop,
-                              top_k=max(request.top_logprobs, 1), seed=request.seed)
-        meta: dict[str, object] = {}
+        params = SampleParams(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop,
+            top_k=max(request.top_logprobs, 1),
+            seed=request.seed,
+        )
+        meta = _StreamMeta()
 
         def produce(engine: LlamaEngine) -> None:
             try:
                 ids, stops = self._prepare(engine, request)
-                meta["prompt_tokens"] = len(ids)
-                meta["stops"] = stops
+                meta.prompt_tokens = len(ids)
+                meta.stops = stops
                 loop.call_soon_threadsafe(queue.put_nowait, ("start", None))
                 n = 0
                 for step in engine.generate(ids, params, cancel):
                     n += 1
                     alts = tuple(engine.token_str(int(t)) for t in step.top_ids)
                     loop.call_soon_threadsafe(queue.put_nowait, ("step", (step, alts)))
-                meta["completion_tokens"] = n
-                meta["finish"] = "length" if n >= params.max_tokens else "stop"
+                meta.completion_tokens = n
+                meta.finish = "length" if n >= params.max_tokens else "stop"
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
             except Cancelled:
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
@@ -156,27 +181,34 @@ class EmbeddedBackend:
                 cancel.set()
                 await asyncio.shield(worker)
 
-    async def _consume(self, queue: asyncio.Queue[object], meta: dict[str, object],
-                       cancel: threading.Event) -> AsyncIterator[StreamDelta]:
+    async def _consume(
+        self, queue: asyncio.Queue[object], meta: _StreamMeta, cancel: threading.Event
+    ) -> AsyncIterator[StreamDelta]:
         scanner: StopScanner | None = None
         n_tokens = 0
         while True:
-            kind, payload = queue.get_nowait() if not queue.empty() else await queue.get()  # type: ignore[misc]
+            item = queue.get_nowait() if not queue.empty() else await queue.get()
+            kind, payload = cast(tuple[str, Any], item)
             if kind == "error":
                 assert isinstance(payload, BaseException)
                 raise payload
             if kind == "start":
-                scanner = StopScanner(meta["stops"])  # type: ignore[arg-type]
+                scanner = StopScanner(meta.stops)
                 continue
             assert scanner is not None
             if kind == "end":
                 tail = scanner.flush()
-                finish = meta.get("finish", "stop")
-                usage = Usage(int(meta["prompt_tokens"]),  # type: ignore[call-overload]
-                              int(meta.get("completion_tokens", n_tokens)))  # type: ignore[call-overload]
-                yield StreamDelta(text=tail, logprobs=_empty_logprobs(),
-                                  finish_reason=finish,  # type: ignore[arg-type]
-                                  usage=usage)
+                finish = meta.finish
+                usage = Usage(
+                    meta.prompt_tokens,
+                    meta.completion_tokens if meta.completion_tokens >= 0 else n_tokens,
+                )
+                yield StreamDelta(
+                    text=tail,
+                    logprobs=_empty_logprobs(),
+                    finish_reason=finish,
+                    usage=usage,
+                )
                 return
             step, alts = payload  # type: ignore[misc]
             assert isinstance(step, Step)
@@ -190,9 +222,13 @@ class EmbeddedBackend:
             )
             if stopped:
                 cancel.set()
-                yield StreamDelta(text=text, logprobs=lp, alternatives=TopAlternatives((alts,)),
-                                  finish_reason="stop",
-                                  usage=Usage(int(meta["prompt_tokens"]), n_tokens))  # type: ignore[call-overload]
+                yield StreamDelta(
+                    text=text,
+                    logprobs=lp,
+                    alternatives=TopAlternatives((alts,)),
+                    finish_reason="stop",
+                    usage=Usage(meta.prompt_tokens, n_tokens),
+                )
                 return
             yield StreamDelta(text=text, logprobs=lp, alternatives=TopAlternatives((alts,)))
 
@@ -204,18 +240,20 @@ class EmbeddedBackend:
     async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
         s = self.settings
         k = top_k or s.score_top_k
-        return await self._run(lambda e: [
-            e.score(t, window=s.score_window, stride=s.score_stride, top_k=k)
-            for t in texts
-        ])
+        return await self._run(
+            lambda e: [
+                e.score(t, window=s.score_window, stride=s.score_stride, top_k=k) for t in texts
+            ]
+        )
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._run(lambda e: e.tokenize(text, add_bos=e.add_bos))
 
 
 def _empty_logprobs() -> TokenLogprobs:
-    return TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64),
-                         np.zeros((0, 1), np.float64), ())
+    return TokenLogprobs(
+        np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, 1), np.float64), ()
+    )
 
 
 async def collect(model_id: str, deltas: AsyncIterator[StreamDelta]) -> Generation:
@@ -235,6 +273,11 @@ async def collect(model_id: str, deltas: AsyncIterator[StreamDelta]) -> Generati
             finish = d.finish_reason
         if d.usage is not None:
             usage = d.usage
-    return Generation(model=model_id, text="".join(text), finish_reason=finish,  # type: ignore[arg-type]
-                      logprobs=lp, usage=usage,
-                      alternatives=TopAlternatives(tuple(alts)) if alts else None)
+    return Generation(
+        model=model_id,
+        text="".join(text),
+        finish_reason=finish,  # type: ignore[arg-type]
+        logprobs=lp,
+        usage=usage,
+        alternatives=TopAlternatives(tuple(alts)) if alts else None,
+    )

@@ -56,8 +56,12 @@ class HttpSettings:
 
 
 class OpenAIHttpBackend:
-    def __init__(self, model_id: str, settings: HttpSettings,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        settings: HttpSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._model_id = model_id
         self.settings = settings
         headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
@@ -65,8 +69,10 @@ class OpenAIHttpBackend:
             base_url=settings.base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(max_connections=settings.max_concurrency,
-                                max_keepalive_connections=settings.max_concurrency),
+            limits=httpx.Limits(
+                max_connections=settings.max_concurrency,
+                max_keepalive_connections=settings.max_concurrency,
+            ),
             transport=transport,
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
@@ -83,11 +89,13 @@ class OpenAIHttpBackend:
     def _translate(self, exc: httpx.HTTPError) -> UpstreamError:
         where = f"upstream {self.model_id} ({self.settings.base_url})"
         if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"{where} timed out: {type(exc).__name__}",
-                                   upstream=self.model_id, retryable=True)
+            return UpstreamTimeout(
+                f"{where} timed out: {type(exc).__name__}", upstream=self.model_id, retryable=True
+            )
         if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError)):
-            return UpstreamUnavailable(f"{where} is unreachable: {exc}",
-                                       upstream=self.model_id, retryable=True)
+            return UpstreamUnavailable(
+                f"{where} is unreachable: {exc}", upstream=self.model_id, retryable=True
+            )
         return UpstreamError(f"{where} failed: {exc}", upstream=self.model_id, retryable=True)
 
     def _status_error(self, status: int, body: bytes) -> RouterError:
@@ -119,10 +127,14 @@ class OpenAIHttpBackend:
                 except ValueError:
                     raise UpstreamError(
                         f"upstream {self.model_id} sent a body that is not JSON: "
-                        f"{resp.text[:200]!r}", upstream=self.model_id) from None
+                        f"{resp.text[:200]!r}",
+                        upstream=self.model_id,
+                    ) from None
                 if not isinstance(data, dict):
-                    raise UpstreamError(f"upstream {self.model_id} sent {type(data).__name__}, "
-                                        "not a JSON object", upstream=self.model_id)
+                    raise UpstreamError(
+                        f"upstream {self.model_id} sent {type(data).__name__}, not a JSON object",
+                        upstream=self.model_id,
+                    )
                 return data
             except httpx.HTTPError as exc:
                 err: RouterError = self._translate(exc)
@@ -131,13 +143,18 @@ class OpenAIHttpBackend:
             if not getattr(err, "retryable", False) or attempt >= self.settings.max_retries:
                 raise err
             attempt += 1
-            await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+            jitter = 0.5 + random.random()
+            await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1) * jitter)
 
     # -- requests ---------------------------------------------------------------------------
 
     def _body(self, req: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.settings.model, "max_tokens": req.max_tokens,
-                                "temperature": req.temperature, "top_p": req.top_p}
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+        }
         if req.stop:
             body["stop"] = list(req.stop)
         if req.seed is not None:
@@ -170,29 +187,33 @@ class OpenAIHttpBackend:
                 lp, alts = parse_completion_logprobs(choice.get("logprobs"))
             usage = data.get("usage") or {}
             return Generation(
-                model=self.model_id, text=text,
+                model=self.model_id,
+                text=text,
                 finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
                 logprobs=lp,
-                usage=Usage(int(usage.get("prompt_tokens", 0)),
-                            int(usage.get("completion_tokens", len(lp)))),
+                usage=Usage(
+                    int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", len(lp)))
+                ),
                 alternatives=alts,
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"upstream {self.model_id} sent an unexpected response shape: "
-                                f"{type(exc).__name__}: {exc}", upstream=self.model_id) from None
+            raise UpstreamError(
+                f"upstream {self.model_id} sent an unexpected response shape: "
+                f"{type(exc).__name__}: {exc}",
+                upstream=self.model_id,
+            ) from None
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         path, body = self._body(request, stream=True)
         attempt = 0
         while True:
             try:
-                async with self._slots:
-                    async with self._client.stream("POST", path, json=body) as resp:
-                        if resp.status_code >= 400:
-                            raise self._status_error(resp.status_code, await resp.aread())
-                        async for delta in self._parse_sse(resp, request.is_chat):
-                            attempt = -1  # bytes were used: never retry from here on
-                            yield delta
+                async with self._slots, self._client.stream("POST", path, json=body) as resp:
+                    if resp.status_code >= 400:
+                        raise self._status_error(resp.status_code, await resp.aread())
+                    async for delta in self._parse_sse(resp, request.is_chat):
+                        attempt = -1  # bytes were used: never retry from here on
+                        yield delta
                 return
             except httpx.HTTPError as exc:
                 err: UpstreamError = self._translate(exc)
@@ -217,11 +238,16 @@ class OpenAIHttpBackend:
             try:
                 chunk = json.loads(payload)
             except ValueError:
-                raise UpstreamError(f"upstream {self.model_id} streamed a chunk that is not "
-                                    f"JSON: {payload[:200]!r}", upstream=self.model_id) from None
+                raise UpstreamError(
+                    f"upstream {self.model_id} streamed a chunk that is not "
+                    f"JSON: {payload[:200]!r}",
+                    upstream=self.model_id,
+                ) from None
             if "error" in chunk:
-                raise UpstreamError(f"upstream {self.model_id} failed mid-stream: "
-                                    f"{chunk['error']}", upstream=self.model_id)
+                raise UpstreamError(
+                    f"upstream {self.model_id} failed mid-stream: {chunk['error']}",
+                    upstream=self.model_id,
+                )
             if chunk.get("usage"):
                 u = chunk["usage"]
                 usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
@@ -237,10 +263,15 @@ class OpenAIHttpBackend:
                 if text or len(lp):
                     yield StreamDelta(text=text, logprobs=lp, alternatives=alts)
         if not done:
-            raise UpstreamError(f"upstream {self.model_id} closed the stream before [DONE]",
-                                upstream=self.model_id)
-        yield StreamDelta(text="", logprobs=_empty(), finish_reason=finish or "stop",  # type: ignore[arg-type]
-                          usage=usage or Usage(0, 0))
+            raise UpstreamError(
+                f"upstream {self.model_id} closed the stream before [DONE]", upstream=self.model_id
+            )
+        yield StreamDelta(
+            text="",
+            logprobs=_empty(),
+            finish_reason=finish or "stop",  # type: ignore[arg-type]
+            usage=usage or Usage(0, 0),
+        )
 
     async def generate_via_stream(self, request: GenerationRequest) -> Generation:
         return await collect(self.model_id, self.stream(request))
@@ -254,16 +285,23 @@ class OpenAIHttpBackend:
             if not text:
                 raise InputError("cannot score an empty text")
             async with gate:
-                data = await self._post("completions", {
-                    "model": self.settings.model, "prompt": text, "max_tokens": 1,
-                    "temperature": 0.0, "prompt_logprobs": top_k,
-                })
+                data = await self._post(
+                    "completions",
+                    {
+                        "model": self.settings.model,
+                        "prompt": text,
+                        "max_tokens": 1,
+                        "temperature": 0.0,
+                        "prompt_logprobs": top_k,
+                    },
+                )
             try:
                 return parse_prompt_logprobs(data["choices"][0]["prompt_logprobs"], top_k)
             except (KeyError, IndexError, TypeError) as exc:
                 raise UpstreamError(
                     f"upstream {self.model_id} returned no prompt_logprobs ({exc}); it must be "
-                    "vLLM or another server that supports them", upstream=self.model_id
+                    "vLLM or another server that supports them",
+                    upstream=self.model_id,
                 ) from None
 
         return list(await asyncio.gather(*(one(t) for t in texts)))
@@ -278,17 +316,22 @@ class OpenAIHttpBackend:
         try:
             served = {m["id"] for m in resp.json().get("data", [])}
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise UpstreamError(f"upstream {self.model_id}: /models is not an OpenAI model list",
-                                upstream=self.model_id) from None
+            raise UpstreamError(
+                f"upstream {self.model_id}: /models is not an OpenAI model list",
+                upstream=self.model_id,
+            ) from None
         if self.settings.model not in served:
             raise UpstreamUnavailable(
                 f"upstream {self.settings.base_url} does not serve {self.settings.model!r} "
-                f"(it serves: {', '.join(sorted(served))})", upstream=self.model_id)
+                f"(it serves: {', '.join(sorted(served))})",
+                upstream=self.model_id,
+            )
 
 
 def _empty() -> TokenLogprobs:
-    return TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64),
-                         np.zeros((0, 1), np.float64), ())
+    return TokenLogprobs(
+        np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, 1), np.float64), ()
+    )
 
 
 def parse_chat_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives | None]:
@@ -297,14 +340,16 @@ def parse_chat_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives | None
         return _empty(), None
     content = obj["content"]
     lps = [float(c["logprob"]) for c in content]
-    nbytes = [len(c["bytes"]) if c.get("bytes") is not None else len(c["token"].encode())
-              for c in content]
+    nbytes = [
+        len(c["bytes"]) if c.get("bytes") is not None else len(c["token"].encode()) for c in content
+    ]
     tops = [[float(t["logprob"]) for t in c.get("top_logprobs") or []] for c in content]
     alts = tuple(tuple(t["token"] for t in c.get("top_logprobs") or []) for c in content)
     has_top = all(tops)
     return (
-        TokenLogprobs.from_lists(lps, nbytes, tops if has_top else None,
-                                 [c["token"] for c in content]),
+        TokenLogprobs.from_lists(
+            lps, nbytes, tops if has_top else None, [c["token"] for c in content]
+        ),
         TopAlternatives(alts) if has_top else None,
     )
 
@@ -321,8 +366,9 @@ def parse_completion_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives 
     has_top = bool(tops) and all(tops) and len(tops) == len(tokens)
     alts = TopAlternatives(tuple(tuple(k for _, k in row) for row in tops)) if has_top else None
     return (
-        TokenLogprobs.from_lists(lps, nbytes, [[v for v, _ in row] for row in tops]
-                                 if has_top else None, tokens),
+        TokenLogprobs.from_lists(
+            lps, nbytes, [[v for v, _ in row] for row in tops] if has_top else None, tokens
+        ),
         alts,
     )
 
@@ -348,8 +394,9 @@ def parse_prompt_logprobs(entries: Sequence[Any], top_k: int = 0) -> TokenLogpro
         toks.append(tok)
         nbytes.append(len(tok.encode("utf-8")))
         if top_k > 0:
-            ranked = sorted((float(v["logprob"]) for v in items if v.get("rank", 1) <= top_k),
-                            reverse=True)
+            ranked = sorted(
+                (float(v["logprob"]) for v in items if v.get("rank", 1) <= top_k), reverse=True
+            )
             tops.append(ranked[:top_k])
     top = tops if top_k > 0 and tops and all(len(r) >= 1 for r in tops) else None
     return TokenLogprobs.from_lists(lps, nbytes, top, toks)

