@@ -100,3 +100,45 @@ REJECTED = Counter(
 )
 
 # -- offline (router select): defined here by the select work, below this line ------------------
+
+# -- quality sampling (router/serve/shadow.py) --------------------------------------------------
+# A fraction of accepted answers is also sent to the top tier off the request path; agreement is
+# the only live estimate of false accepts. Agreement ratio (PromQL):
+#     sum(rate(router_shadow_agreements_total[1h]))
+#       / sum(rate(router_shadow_samples_total{outcome="scored"}[1h]))
+
+SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+SHADOW_SAMPLES = Counter(
+    "router_shadow_samples_total",
+    "Accepted answers picked for a top-tier comparison, by the tier that answered and outcome "
+    "(scored, failed, dropped when the sampler was at its concurrency limit).",
+    ["tier", "outcome"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "router_shadow_agreements_total",
+    "Scored shadow samples on which the top tier agreed with the accepted answer.",
+    ["tier"],
+)
+SHADOW_LOGPROB = Histogram(
+    "router_shadow_answer_logprob",
+    "Top tier's mean token log-probability (nats) of the accepted answer, by the tier that "
+    "answered.",
+    ["tier"],
+    buckets=CONFIDENCE_BUCKETS,
+)
+SHADOW_SIMILARITY = Histogram(
+    "router_shadow_similarity_ratio",
+    "Normalised text similarity (0 to 1) of the accepted answer and the top tier's own answer.",
+    ["tier"],
+    buckets=SIMILARITY_BUCKETS,
+)
+SHADOW_COST = Counter(
+    "router_shadow_cost_usd_total",
+    "Cost in USD of the top-tier calls made for quality sampling (not in router_cost_usd_total).",
+    ["model"],
+)
+SHADOW_IN_FLIGHT = Gauge(
+    "router_shadow_in_flight_requests",
+    "Shadow samples being processed.",
+)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -30,15 +31,21 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
     uvicorn.Server(config).run()
 
 
-def serve_main(config_path: str | Path | None = None, host: str | None = None,
+def serve_main(args: argparse.Namespace | str | Path | None = None, host: str | None = None,
                port: int | None = None) -> int:
-    """`router serve`: 0 on a clean shutdown, 2 on a config or policy error."""
+    """`router serve`: takes the CLI's parsed args (`config`, `host`, `port`) or the three values.
+    0 on a clean shutdown, 2 on a config or policy error."""
+    if isinstance(args, argparse.Namespace):
+        config_path: str | Path | None = getattr(args, "config", None)
+        host, port = getattr(args, "host", None), getattr(args, "port", None)
+    else:
+        config_path = args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     try:
         settings = load_settings(config_path)
         run_server(settings, host, port, environ=dict(os.environ))
     except RouterError as exc:
-        print(f"router serve: {exc.message}", file=sys.stderr)
+        print(f"router serve: error: {exc.message}", file=sys.stderr)
         return 2
     return 0

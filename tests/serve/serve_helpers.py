@@ -1,0 +1,163 @@
+"""Serve test helpers: fake backends (unit tests only), config builders, a real uvicorn server in
+a thread on a free loopback port. Fixtures built on them live in conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+import yaml
+
+from router.backends.base import (
+    Generation,
+    GenerationRequest,
+    StreamDelta,
+    TopAlternatives,
+    Usage,
+)
+from router.config import Settings, settings_from_dict
+from router.errors import RouterError
+from router.scoring import TokenLogprobs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def token_lp(lps: Sequence[float], tokens: Sequence[str]) -> TokenLogprobs:
+    top = np.array([[lp, lp - 1.0] for lp in lps], np.float64).reshape(len(lps), 2)
+    return TokenLogprobs(np.asarray(lps, np.float64),
+                         np.array([len(t.encode()) for t in tokens], np.int64), top,
+                         tuple(tokens))
+
+
+@dataclass
+class FakeBackend:
+    """Answers `tokens` with per-token logprob `logprob`, or raises `error`."""
+
+    model: str
+    tokens: list[str] = field(default_factory=lambda: ["Hello", " there", "!"])
+    logprob: float | list[float] = -0.1
+    error: RouterError | None = None
+    finish: str = "stop"
+    delay_s: float = 0.0
+    fail_after: int | None = None  # stream: raise `error` after this many deltas
+    calls: int = 0
+    closed_early: int = 0
+    score_logprob: float = -1.0
+
+    @property
+    def model_id(self) -> str:
+        return self.model
+
+    def _lps(self) -> list[float]:
+        if isinstance(self.logprob, list):
+            return self.logprob
+        return [self.logprob] * len(self.tokens)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        lp = token_lp(self._lps(), self.tokens)
+        return Generation(self.model, "".join(self.tokens), self.finish,  # type: ignore[arg-type]
+                          lp, Usage(5, len(self.tokens)),
+                          TopAlternatives(tuple((t, "x") for t in self.tokens)))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        self.calls += 1
+        finished = False
+        try:
+            if self.error is not None and self.fail_after is None:
+                raise self.error
+            lps = self._lps()
+            for i, tok in enumerate(self.tokens):
+                if self.fail_after is not None and i >= self.fail_after:
+                    assert self.error is not None
+                    raise self.error
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                yield StreamDelta(tok, token_lp([lps[i]], [tok]), TopAlternatives(((tok, "x"),)))
+            finished = True
+            yield StreamDelta("", token_lp([], []), None, self.finish,  # type: ignore[arg-type]
+                              Usage(5, len(self.tokens)))
+        finally:
+            if not finished:
+                self.closed_early += 1
+
+    async def score(self, texts: Sequence[str]) -> list[TokenLogprobs]:
+        return [token_lp([self.score_logprob] * 3, ["a", "b", "c"]) for _ in texts]
+
+    async def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        pass
+
+
+def write_policy(tmp: Path, name: str, rule: dict[str, Any],
+                 signal: str | dict[str, Any] = "mean_logprob") -> Path:
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({"name": name, "signal": signal, "rule": rule}))
+    return p
+
+
+def make_settings(tmp: Path, *, escalate_below: float = -1.0, tiers: list[dict[str, Any]] | None
+                  = None, server: dict[str, Any] | None = None,
+                  cascade: dict[str, Any] | None = None) -> Settings:
+    policy = write_policy(tmp, "policy", {"kind": "threshold", "escalate_below": escalate_below})
+    raw: dict[str, Any] = {
+        "server": server or {},
+        "tiers": tiers or [
+            {"name": "small", "backend": "embedded", "model": "fake-small",
+             "price": {"prompt_per_mtok": 1.0, "completion_per_mtok": 2.0}},
+            {"name": "large", "backend": "embedded", "model": "fake-large",
+             "price": {"prompt_per_mtok": 10.0, "completion_per_mtok": 20.0}},
+        ],
+        "cascade": {"policy": str(policy), **(cascade or {})},
+    }
+    s = settings_from_dict(raw)
+    return s.model_copy(update={"source": tmp / "config.yaml"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app on 127.0.0.1, in a thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on",
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,57 @@
+"""`router serve` as a process: the CLI starts uvicorn and shuts down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from serve_helpers import REPO, free_port
+
+from router.serve.run import serve_main
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("tiers: []\n")
+    assert serve_main(bad) == 2
+
+
+@pytest.mark.model
+@pytest.mark.timeout(120)
+def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["tiers"] = [*raw["tiers"][:1], dict(raw["tiers"][0], name="copy")]
+    raw["cascade"]["policy"] = str(REPO / raw["cascade"]["policy"])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(cfg),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
+        assert models["data"][0]["id"] == "cascade"
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it captured
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert proc.stdout is not None
+        assert b"Application shutdown complete" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
