@@ -120,6 +120,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_tokens_limit: int = Field(1024, ge=1)
     default_max_tokens: int = Field(256, ge=1)
+    default_temperature: float = Field(1.0, ge=0.0, le=2.0)  # when a request names none
     max_in_flight: int = Field(64, ge=1)
     max_queue: int = Field(128, ge=0)
     request_timeout_s: float = Field(120.0, gt=0)

@@ -24,7 +24,7 @@ class _Body(BaseModel):
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -101,6 +101,12 @@ def parse_body(raw: bytes, model: type[M]) -> M:
                          else "invalid_type") from None
 
 
+def _temperature(requested: float | None, server: ServerConfig) -> float:
+    """The client's temperature, else the server's default (OpenAI's own default is 1.0;
+    confidence from raw logprobs is sharper on greedy answers, so configs often use 0)."""
+    return server.default_temperature if requested is None else requested
+
+
 def _max_tokens(requested: int | None, server: ServerConfig) -> int:
     return min(requested or server.default_max_tokens, server.max_tokens_limit)
 
@@ -111,7 +117,7 @@ def chat_request(body: ChatBody, server: ServerConfig, top_k: int) -> Generation
     return GenerationRequest(
         messages=messages, max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens,
                                                   server),
-        temperature=body.temperature, top_p=body.top_p, stop=body.stops(),
+        temperature=_temperature(body.temperature, server), top_p=body.top_p, stop=body.stops(),
         top_logprobs=max(top_k, body.top_logprobs or 0, 1), seed=body.seed)
 
 
@@ -124,7 +130,7 @@ def completion_request(body: CompletionBody, server: ServerConfig,
         raise InputError("prompt must not be empty", param="prompt")
     return GenerationRequest(
         prompt=prompt, max_tokens=_max_tokens(body.max_tokens, server),
-        temperature=body.temperature, top_p=body.top_p, stop=body.stops(),
+        temperature=_temperature(body.temperature, server), top_p=body.top_p, stop=body.stops(),
         top_logprobs=max(top_k, body.logprobs or 0, 1), seed=body.seed)
 
 

@@ -48,9 +48,9 @@ def test_target_rate_uses_initial_threshold_until_min_samples() -> None:
 
 def test_presets_become_deciders() -> None:
     cascade = decider_for(load_policy(REPO / "policies/support-cascade.yaml"))
-    assert isinstance(cascade, ThresholdDecider) and cascade.threshold == -2.3
+    assert isinstance(cascade, ThresholdDecider) and cascade.threshold == -1.75
     rate = decider_for(load_policy(REPO / "policies/support-target-rate.yaml"))
-    assert isinstance(rate, TargetRateDecider) and rate.threshold == -2.3
+    assert isinstance(rate, TargetRateDecider) and rate.threshold == -1.75
 
 
 def test_selection_rule_cannot_serve() -> None:
