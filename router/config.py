@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import ConfigError
+from router.prompting import DEFAULT_GENERATION, DEFAULT_ROLES, DEFAULT_STOP
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -57,15 +58,9 @@ class Price(_Strict):
 
 
 class PromptTemplateConfig(_Strict):
-    roles: dict[str, str] = Field(
-        default_factory=lambda: {
-            "system": "{content}\n\n",
-            "user": "Question: {content}\n",
-            "assistant": "Answer: {content}\n\n",
-        }
-    )
-    generation: str = "Answer:"
-    stop: list[str] = Field(default_factory=lambda: ["\nQuestion:", "\n\n"])
+    roles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
+    generation: str = DEFAULT_GENERATION
+    stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP))
     prefix: str = ""
 
 

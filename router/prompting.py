@@ -14,10 +14,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from router.backends.base import ChatMessage
 from router.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from router.backends.base import ChatMessage
 
 
 class PromptTemplate(Protocol):
@@ -32,19 +34,22 @@ class PromptTemplate(Protocol):
         ...
 
 
+DEFAULT_ROLES: Mapping[str, str] = {
+    "system": "{content}\n\n",
+    "user": "Question: {content}\n",
+    "assistant": "Answer: {content}\n\n",
+}
+DEFAULT_GENERATION = "Answer:"
+DEFAULT_STOP: tuple[str, ...] = ("\nQuestion:", "\n\n")
+
+
 @dataclass(frozen=True)
 class TranscriptTemplate:
     """A plain transcript: `roles[role].format(content=...)` per message, then `generation`."""
 
-    roles: Mapping[str, str] = field(
-        default_factory=lambda: {
-            "system": "{content}\n\n",
-            "user": "Question: {content}\n",
-            "assistant": "Answer: {content}\n\n",
-        }
-    )
-    generation: str = "Answer:"
-    stop_sequences: tuple[str, ...] = ("\nQuestion:", "\n\n")
+    roles: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLES))
+    generation: str = DEFAULT_GENERATION
+    stop_sequences: tuple[str, ...] = DEFAULT_STOP
     prefix: str = ""
 
     def __post_init__(self) -> None:
