@@ -313,7 +313,8 @@ def finalize(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
     report.replace(opts.out / "report.html")
     log(f"input {counts['input']} = kept {counts['kept']} + dropped {counts['dropped']} + "
         f"rejected {counts['rejected']}  (reconciled)")
-    cut_desc = ", ".join(f"{k}: [{_fmt(v[0])}, {_fmt(v[1])}]" for k, v in cuts.as_json().items())
+    cut_desc = ", ".join(f"{k}: [{_fmt(v[0], '-inf')}, {_fmt(v[1], 'inf')}]"
+                         for k, v in cuts.as_json().items())
     log(f"signal {col}, cut points {cut_desc}; model {stats['model']}; "
         f"{tokens} tokens in {seconds:.1f}s")
     log(f"outputs in {opts.out}: kept/ dropped/ scores.parquet rejected.jsonl stats.json "
@@ -321,8 +322,8 @@ def finalize(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
     return stats
 
 
-def _fmt(x: float | None) -> str:
-    return "inf" if x is None else f"{x:.4f}"
+def _fmt(x: float | None, inf: str) -> str:
+    return inf if x is None else f"{x:.4f}"
 
 
 def _reason_kind(reason: str | None) -> str:

@@ -26,7 +26,7 @@ class Progress:
         self.docs = 0
         self.tokens = 0
         self.t0 = time.monotonic()
-        self._last = 0.0
+        self._last = 0.0 if self.tty else self.t0
 
     def update(self, docs: int, tokens: int) -> None:
         self.docs += docs

@@ -343,3 +343,16 @@ def iter_sources(sources: list[Source]) -> Iterator[Source]:
 
 def stats_of(*steps: Step) -> Stats:
     return sum((s.stats for s in steps), start=Stats())
+
+
+def record_count(source: Source, text_format: Literal["lines", "file"] = "lines") -> int:
+    """Records in a source without parsing them: non-blank lines (JSONL, text lines), Parquet
+    row count, or 1 (a whole text file)."""
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(source.path).metadata.num_rows)
+    if source.format == "text" and text_format == "file":
+        return 1
+    with open_binary(source.path, source.compression) as fh:
+        return sum(1 for line in fh if line.strip())
