@@ -1,10 +1,10 @@
-"""cascade-router: answer with a small model, escalate when it is unsure; score data the same way."""
+"""cascade-router: answer with a small model, escalate when unsure; score data the same way."""
 
 from router._version import __version__
 from router.errors import RouterError
 from router.scoring import SCORER_VERSION, ScoreResult, SignalSpec, TokenLogprobs, score_sequences
 
-__all__ = sorted([
+__all__ = [
     "SCORER_VERSION",
     "RouterError",
     "ScoreResult",
@@ -12,4 +12,4 @@ __all__ = sorted([
     "TokenLogprobs",
     "__version__",
     "score_sequences",
-])
+]
