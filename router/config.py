@@ -86,6 +86,9 @@ class TierConfig(_Strict):
     connect_timeout_s: float = Field(5.0, gt=0)
     max_concurrency: int = Field(64, ge=1)
     max_retries: int = Field(2, ge=0)
+    # vLLM's stream_options.continuous_usage_stats: usage on every streamed chunk, so a stream
+    # the cascade aborts early is still costed (other servers may reject the option)
+    stream_usage_every_chunk: bool = False
     # every kind
     prompt_template: PromptTemplateConfig | None = None
     price: Price = Field(default_factory=Price)
@@ -127,9 +130,20 @@ class PromptGateConfig(_Strict):
     policy: Path
 
 
+class ShadowConfig(_Strict):
+    """Quality sampling: a fraction of accepted answers also goes to the top tier, off the
+    request path, and the agreement of the two answers becomes metrics."""
+
+    fraction: float = Field(0.02, ge=0.0, le=1.0)
+    max_concurrency: int = Field(2, ge=1)
+    min_similarity: float = Field(0.5, ge=0.0, le=1.0)
+    min_logprob: float = -2.0
+
+
 class CascadeConfig(_Strict):
     policy: Path = Path("policies/support-cascade.yaml")
     prompt_gate: PromptGateConfig | None = None
+    shadow: ShadowConfig | None = None
     escalate_on_length: bool = False
     escalate_on_empty: bool = True
     degraded_fallback: bool = True

@@ -74,6 +74,7 @@ def build_backend(
                 connect_timeout_s=tier.connect_timeout_s,
                 max_concurrency=tier.max_concurrency,
                 max_retries=tier.max_retries,
+                continuous_usage=tier.stream_usage_every_chunk,
             ),
         )
     if tier.backend == "vllm_engine":

@@ -230,7 +230,9 @@ class EmbeddedBackend:
                     usage=Usage(meta.prompt_tokens, n_tokens),
                 )
                 return
-            yield StreamDelta(text=text, logprobs=lp, alternatives=TopAlternatives((alts,)))
+            # running usage on every delta: an aborted stream is still accounted for
+            yield StreamDelta(text=text, logprobs=lp, alternatives=TopAlternatives((alts,)),
+                              usage=Usage(meta.prompt_tokens, n_tokens))
 
     async def generate(self, request: GenerationRequest) -> Generation:
         return await collect(self.model_id, self.stream(request))

@@ -51,6 +51,7 @@ class HttpSettings:
     connect_timeout_s: float = 5.0
     max_concurrency: int = 64
     max_retries: int = 2
+    continuous_usage: bool = False
     backoff_s: float = 0.25
     score_concurrency: int = 8
 
@@ -162,6 +163,8 @@ class OpenAIHttpBackend:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+            if self.settings.continuous_usage:  # vLLM: usage on every chunk
+                body["stream_options"]["continuous_usage_stats"] = True
         if req.messages is not None:
             body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
             body["logprobs"] = True
@@ -248,9 +251,11 @@ class OpenAIHttpBackend:
                     f"upstream {self.model_id} failed mid-stream: {chunk['error']}",
                     upstream=self.model_id,
                 )
+            chunk_usage = None
             if chunk.get("usage"):
                 u = chunk["usage"]
-                usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+                usage = chunk_usage = Usage(int(u.get("prompt_tokens", 0)),
+                                            int(u.get("completion_tokens", 0)))
             for choice in chunk.get("choices") or []:
                 if chat:
                     text = (choice.get("delta") or {}).get("content") or ""
@@ -261,7 +266,7 @@ class OpenAIHttpBackend:
                 if choice.get("finish_reason"):
                     finish = "length" if choice["finish_reason"] == "length" else "stop"
                 if text or len(lp):
-                    yield StreamDelta(text=text, logprobs=lp, alternatives=alts)
+                    yield StreamDelta(text=text, logprobs=lp, alternatives=alts, usage=chunk_usage)
         if not done:
             raise UpstreamError(
                 f"upstream {self.model_id} closed the stream before [DONE]", upstream=self.model_id

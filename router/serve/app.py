@@ -23,6 +23,7 @@ from router.serve.cascade import Cascade
 from router.serve.decision_log import DecisionLog
 from router.serve.protection import ProtectionMiddleware
 from router.serve.routes import chat, completions, health, models
+from router.serve.shadow import ShadowSampler
 from router.serve.state import ServeState
 
 log = logging.getLogger("router.serve")
@@ -80,6 +81,12 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
             state.decision_log = DecisionLog(settings.resolve(dl.path),
                                              include_prompt=dl.include_prompt)
             await state.decision_log.start()
+        shadow = settings.cascade.shadow
+        if shadow is not None and shadow.fraction > 0 and len(cascade.tiers) > 1:
+            state.shadow = ShadowSampler(
+                cascade.top.backend, cascade.top.config, fraction=shadow.fraction,
+                max_concurrency=shadow.max_concurrency, min_similarity=shadow.min_similarity,
+                min_logprob=shadow.min_logprob)
         app.state.serve = state
         if preload:
             for tier in settings.tiers:
@@ -91,6 +98,8 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
         try:
             yield
         finally:
+            if state.shadow is not None:
+                await state.shadow.aclose()
             if state.decision_log is not None:
                 await state.decision_log.close()
             if owns:

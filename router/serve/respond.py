@@ -31,6 +31,16 @@ def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model:
         completion_tokens=usage.completion_tokens if usage else 0))
 
 
+def _shadow(state: ServeState, outcome: Outcome, *, direct: bool, request: GenerationRequest,
+            prompt: str, answer: str) -> None:
+    """Quality sampling of an answer a lower tier gave and the cascade accepted."""
+    if (state.shadow is None or direct or outcome.escalated or outcome.degraded
+            or outcome.tier is state.cascade.top):
+        return
+    state.shadow.maybe_sample(tier=outcome.tier.name, request=request, prompt_text=prompt,
+                              answer=answer)
+
+
 def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int = 0
               ) -> dict[str, Any] | None:
     if k is None:
@@ -63,6 +73,8 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                      usage=gen.usage, logprobs=lp)
         _log(state, out, rid=rid, endpoint=endpoint, model=model, stream=False,
              started=started, prompt=prompt, usage=gen.usage)
+        _shadow(state, out, direct=direct is not None, request=request, prompt=prompt,
+                answer=gen.text)
         return JSONResponse(payload, headers=out.headers())
 
     events = cascade.stream(request, direct=direct, prompt_text=prompt)
@@ -79,6 +91,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
         finish: str | None = None
         usage: Usage | None = None
         status = 200
+        texts: list[str] = []
         try:
             if chat:
                 yield writer.role()
@@ -88,12 +101,16 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                     usage = ev.usage
                 if ev.finish_reason is not None:
                     finish = ev.finish_reason
+                if ev.text:
+                    texts.append(ev.text)
                 if ev.text or (logprobs_k is not None and len(ev.logprobs)):
                     lp = _logprobs(chat, logprobs_k, ev.logprobs, ev.alternatives, writer.offset)
                     yield writer.delta(ev.text, lp)
             yield writer.delta("", None, finish or "stop")
             if include_usage:
                 yield writer.usage(usage or Usage(0, 0))
+            _shadow(state, outcome, direct=direct is not None, request=request, prompt=prompt,
+                    answer="".join(texts))
         except RouterError as err:
             status = err.status_code
             yield fmt.sse(err.body())

@@ -11,6 +11,7 @@ from router.backends.base import Backend
 from router.config import Settings
 from router.serve.cascade import Cascade
 from router.serve.decision_log import DecisionLog
+from router.serve.shadow import ShadowSampler
 
 
 @dataclass
@@ -21,6 +22,7 @@ class ServeState:
     owns_backends: bool
     decision_log: DecisionLog | None = None
     api_keys: tuple[str, ...] = field(default_factory=tuple)
+    shadow: ShadowSampler | None = None
 
 
 def get_state(request: Request) -> ServeState:

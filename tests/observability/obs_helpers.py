@@ -215,7 +215,7 @@ def router_settings(upstream_url: str, tmp: Path) -> Settings:
         "server": {"max_body_bytes": 4096, "decision_log": {"path": str(tmp / "decisions.jsonl")}},
         "tiers": [{"name": "small", "model": SMALL, "price": SMALL_PRICE, **common},
                   {"name": "large", "model": LARGE, "price": LARGE_PRICE, **common}],
-        "cascade": {"policy": str(policy)},
+        "cascade": {"policy": str(policy), "shadow": {"fraction": 1.0, "max_concurrency": 2}},
     }
     return settings_from_dict(raw).model_copy(update={"source": tmp / "config.yaml"})
 
@@ -225,10 +225,16 @@ class RouterUnderTest:
     server: ServerThread
     settings: Settings
     decision_log: Path
+    app: Any
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def shadow_in_flight(self) -> int:
+        """Quality samples still running in the app (configured with cascade.shadow)."""
+        shadow = self.app.state.serve.shadow
+        return 0 if shadow is None else int(shadow.in_flight)
 
 
 @contextlib.contextmanager
@@ -237,7 +243,7 @@ def start_router(upstream_url: str, tmp: Path) -> Iterator[RouterUnderTest]:
     app = create_app(settings, environ={}, preload=False)
     assert settings.server.decision_log is not None
     with ServerThread(app) as server:
-        yield RouterUnderTest(server, settings, settings.server.decision_log.path)
+        yield RouterUnderTest(server, settings, settings.server.decision_log.path, app)
 
 
 def read_decisions(path: Path, n: int, timeout_s: float = 15.0) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,7 @@ from obs_helpers import (
 )
 from prometheus_client import REGISTRY
 
-from router.backends.base import GenerationRequest
 from router.config import Price
-from router.serve.cascade import Cascade, CascadeResult, Tier
-from router.serve.shadow import ShadowSampler
 
 N_REQUESTS = 60
 LOAD_SECONDS = 6.0      # spread over several 1 s scrapes so that rate() has points
@@ -86,29 +82,6 @@ async def load(url: str) -> None:
         assert r.status_code == 413
 
 
-@pytest.fixture
-def shadow_sampling(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ShadowSampler]]:
-    """Quality sampling wired as the lead would: after the cascade accepts a lower tier's answer,
-    `ShadowSampler.maybe_sample` (here with fraction 1.0)."""
-    samplers: list[ShadowSampler] = []
-    original = Cascade.run
-
-    async def run(self: Cascade, request: GenerationRequest, *, direct: Tier | None = None,
-                  prompt_text: str = "") -> CascadeResult:
-        result = await original(self, request, direct=direct, prompt_text=prompt_text)
-        out = result.outcome
-        if direct is None and not out.escalated and out.tier is not self.top:
-            if not samplers:
-                samplers.append(ShadowSampler(self.top.backend, self.top.config, fraction=1.0,
-                                              max_concurrency=2))
-            samplers[0].maybe_sample(tier=out.tier.name, request=request,
-                                     prompt_text=prompt_text, answer=result.generation.text)
-        return result
-
-    monkeypatch.setattr(Cascade, "run", run)
-    yield samplers
-
-
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -124,8 +97,7 @@ def totals(name: str) -> float:
 
 
 def test_prometheus_scrapes_router_and_every_expression_returns_data(
-        prom_bin: PromBin, router_app: RouterUnderTest, upstream: Any, tmp_path: Path,
-        shadow_sampling: list[ShadowSampler]) -> None:
+        prom_bin: PromBin, router_app: RouterUnderTest, upstream: Any, tmp_path: Path) -> None:
     router_addr = router_app.url.removeprefix("http://")
     upstream_addr = upstream.url.removeprefix("http://")
     cost_names = ("router_cost_usd_total", "router_counterfactual_cost_usd_total",
@@ -137,7 +109,7 @@ def test_prometheus_scrapes_router_and_every_expression_returns_data(
         asyncio.run(load(router_app.url))
         assert time.monotonic() - started < 60, "the load is bounded in time"
         deadline = time.monotonic() + 10
-        while shadow_sampling and shadow_sampling[0].in_flight and time.monotonic() < deadline:
+        while router_app.shadow_in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
 
         # -- every expression of the dashboard and the rules returns data ------------------

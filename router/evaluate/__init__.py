@@ -1,0 +1,1 @@
+"""`router eval`: cascade quality per confidence signal (AUROC, deferral curve, PGR, cost)."""

@@ -1,0 +1,162 @@
+"""`router eval [--data FILE | --recorded FILE] --out DIR`: measure a cascade on labelled prompts
+(the built-in set by default), and `router eval --selection LABELS --scores PARQUET` for a
+selection policy.
+
+Writes DIR/outputs.jsonl (every tier's answers, re-evaluable with --recorded), DIR/eval.json
+and DIR/plot.html, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from router.errors import InputError
+
+
+def add_parser(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "eval", help="measure a cascade: AUROC, deferral curve, PGR, cost per signal",
+        description="Run every tier on labelled prompts (default: the built-in set), or read "
+                    "their recorded outputs, and compare every confidence signal of tier 0.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path,
+                     help="JSONL prompts with a 'reference' or 'check' each")
+    src.add_argument("--recorded", type=Path, help="an earlier run's outputs.jsonl")
+    p.add_argument("--out", type=Path, help="output directory")
+    p.add_argument("--config", type=Path, default=None,
+                   help="config file (default: the repo's config.yaml)")
+    p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
+    p.add_argument("--seed", type=int, default=None, help="seed of the built-in set (0)")
+    p.add_argument("--size", type=int, default=None, help="size of the built-in set (80)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="answer length (default 24; rows may set their own max_tokens)")
+    p.add_argument("--signal", action="append",
+                   help="evaluate only these signals (repeatable; default: all)")
+    p.add_argument("--rates", default="0.1,0.2,0.3,0.5",
+                   help="escalation rates for PGR and cost (default 0.1,0.2,0.3,0.5)")
+    sel = p.add_argument_group("selection", "measure a selection policy instead")
+    sel.add_argument("--selection", type=Path, metavar="LABELS",
+                     help="JSONL {'id': ..., 'good': true|false} of documents")
+    sel.add_argument("--scores", type=Path, metavar="PARQUET",
+                     help="a `router select` scores.parquet (or its output directory)")
+    sel.add_argument("--policy", type=Path, help="selection policy file")
+    sel.add_argument("--keep-fraction", type=float, metavar="F",
+                     help="instead of --policy: keep the top fraction F by --signal")
+    p.set_defaults(func=eval_main)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--rates: expected comma-separated numbers, got {text!r}") from None
+    if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
+        raise InputError(f"--rates: every rate must be in [0, 1], got {text!r}")
+    return rates
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    if args.selection is not None or args.scores is not None:
+        return _selection_main(args)
+    if args.out is None:
+        raise InputError("--out DIR is required")
+    from router.calibrate.sources import check_signal_name
+    from router.evalset import DEFAULT_MAX_TOKENS, DEFAULT_SEED, DEFAULT_SIZE, generate
+    from router.evaluate.data import load_items, load_recorded, write_recorded
+    from router.evaluate.report import EVAL_SIGNALS, evaluate, format_table, plot_html
+
+    rates = _rates(args.rates)
+    specs = tuple(check_signal_name(s) for s in args.signal) if args.signal else EVAL_SIGNALS
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be positive, got {args.limit}")
+    out: Path = args.out
+    outputs = out / "outputs.jsonl"
+    if args.recorded is not None:
+        records = load_recorded(args.recorded)[: args.limit]
+        data = str(args.recorded)
+    else:
+        from router.backends import build_backends
+        from router.config import load_settings
+        from router.evaluate.run import run_tiers
+
+        settings = load_settings(args.config)
+        if len(settings.tiers) < 2:
+            raise InputError(f"{settings.source}: eval needs at least two tiers")
+        if args.data is not None:
+            items = load_items(args.data, require_label=True)[: args.limit]
+            data = str(args.data)
+        else:
+            seed = DEFAULT_SEED if args.seed is None else args.seed
+            items = generate(seed, args.limit or args.size or DEFAULT_SIZE)
+            data = f"builtin(seed={seed}, n={len(items)})"
+        backends = build_backends(settings, os.environ)
+
+        async def run() -> Any:
+            try:
+                return await run_tiers(items, settings, backends,
+                                       max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, log=_log)
+            finally:
+                for b in backends.values():
+                    await b.aclose()
+
+        write_recorded(outputs, asyncio.run(run()))
+        records = load_recorded(outputs)  # the figures come from exactly what was recorded
+    if not records:
+        raise InputError("no prompts to evaluate")
+    report = evaluate(records, specs=specs, rates=rates, data=data)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.recorded is not None and args.recorded.resolve() != outputs.resolve():
+        write_recorded(outputs, records)
+    (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out / "plot.html").write_text(plot_html(report), encoding="utf-8")
+    print(format_table(report))
+    print(f"\nwrote {out / 'eval.json'}, {out / 'plot.html'}, {outputs}")
+    return 0
+
+
+def _selection_main(args: argparse.Namespace) -> int:
+    from router.evaluate.selection import evaluate_selection, format_selection
+    from router.policy import Policy, TopFractionRule, load_policy
+    from router.scoring import SignalSpec
+
+    if args.selection is None or args.scores is None:
+        raise InputError("selection evaluation needs both --selection LABELS and --scores PARQUET")
+    if (args.policy is None) == (args.keep_fraction is None):
+        raise InputError("selection evaluation needs exactly one of --policy and --keep-fraction")
+    scores = args.scores / "scores.parquet" if args.scores.is_dir() else args.scores
+    if not scores.exists():
+        raise InputError(f"{scores}: no such file")
+    if args.policy is not None:
+        policy = load_policy(args.policy)
+        if args.signal:
+            from router.calibrate.sources import check_signal_name
+
+            policy = Policy(policy.name, check_signal_name(args.signal[0]), policy.rule,
+                            policy.calibration, policy.source)
+    else:
+        if not 0.0 < args.keep_fraction <= 1.0:
+            raise InputError(f"--keep-fraction must be in (0, 1], got {args.keep_fraction}")
+        from router.calibrate.sources import check_signal_name
+
+        spec = check_signal_name(args.signal[0]) if args.signal else SignalSpec(
+            "logprob_per_byte")
+        policy = Policy(f"top-{args.keep_fraction:g}", spec,
+                        TopFractionRule(keep=args.keep_fraction))
+    report = evaluate_selection(scores, args.selection, policy)
+    print(format_selection(report))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "selection.json").write_text(json.dumps(report, indent=1) + "\n",
+                                                 encoding="utf-8")
+        print(f"\nwrote {args.out / 'selection.json'}")
+    return 0

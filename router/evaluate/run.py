@@ -1,0 +1,58 @@
+"""Run every tier on every prompt (greedy, with logprobs) and record what each answered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from router.backends import Backend, ChatMessage, GenerationRequest
+from router.config import Settings
+from router.errors import RouterError
+from router.evalset import DEFAULT_MAX_TOKENS, EvalItem, check_answer
+from router.evaluate.data import Recorded, TierOutput
+from router.scoring import TokenLogprobs
+
+TOP_K = 5
+
+
+def request_for(item: EvalItem, max_tokens: int, top_k: int = TOP_K) -> GenerationRequest:
+    """The request `serve` would build for this prompt sent as a chat with temperature 0."""
+    return GenerationRequest(messages=(ChatMessage("user", item.prompt),),
+                             max_tokens=item.max_tokens or max_tokens, temperature=0.0,
+                             top_logprobs=top_k)
+
+
+async def run_tiers(items: Sequence[EvalItem], settings: Settings,
+                    backends: Mapping[str, Backend], *,
+                    max_tokens: int = DEFAULT_MAX_TOKENS,
+                    log: Callable[[str], None] = lambda _m: None) -> list[Recorded]:
+    """Each tier answers every prompt, one tier after the other (so one model is hot at a time).
+    A failed generation is recorded as an empty, incorrect answer with its error."""
+    per_tier: list[list[TierOutput]] = []
+    for tier in settings.tiers:
+        backend = backends[tier.name]
+        outs: list[TierOutput] = []
+        started = time.perf_counter()
+        for i, item in enumerate(items):
+            req = request_for(item, max_tokens, tier.top_logprobs)  # as serve asks
+            try:
+                gen = await backend.generate(req)
+            except RouterError as exc:
+                empty = TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64))
+                outs.append(TierOutput(tier.name, tier.model, "", "error", 0, 0, 0.0, empty,
+                                       False, exc.message))
+                continue
+            correct = check_answer(item.check, gen.text) if item.check is not None else False
+            outs.append(TierOutput(
+                tier=tier.name, model=backend.model_id, text=gen.text,
+                finish_reason=gen.finish_reason, prompt_tokens=gen.usage.prompt_tokens,
+                completion_tokens=gen.usage.completion_tokens,
+                cost_usd=tier.price.cost(gen.usage.prompt_tokens, gen.usage.completion_tokens),
+                logprobs=gen.logprobs, correct=correct))
+            if (i + 1) % 10 == 0 or i + 1 == len(items):
+                log(f"{tier.name}: {i + 1}/{len(items)} prompts "
+                    f"({time.perf_counter() - started:.0f} s)")
+        per_tier.append(outs)
+    return [Recorded(item, tuple(outs[i] for outs in per_tier)) for i, item in enumerate(items)]
