@@ -11,7 +11,7 @@ Savings are PromQL, not metrics:
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: escalation reasons (bounded label values)
 REASONS = ("low_confidence", "prompt_gate", "upstream_error", "timeout", "truncated", "empty")
@@ -99,7 +99,38 @@ REJECTED = Counter(
     ["reason"],
 )
 
-# -- offline (router select): defined here by the select work, below this line ------------------
+# -- offline (router select) -------------------------------------------------------------------
+# A batch job is not scraped: `router select --metrics-textfile PATH` writes these (node
+# exporter's textfile collector reads them) and `--pushgateway URL` pushes them. They live in
+# their own registry so a serving process never exports them.
+
+SELECT_REGISTRY = CollectorRegistry(auto_describe=True)
+SELECT_DOCUMENTS = Counter(
+    "router_select_documents_total",
+    "Documents of a `router select` run by decision (kept, dropped, rejected).",
+    ["decision"],
+    registry=SELECT_REGISTRY,
+)
+SELECT_RECORDS_PROCESSED = Counter(
+    "router_select_records_processed_total",
+    "Input records `router select` has processed so far in pass 1 (scored or rejected).",
+    registry=SELECT_REGISTRY,
+)
+SELECT_TOKENS = Counter(
+    "router_select_tokens_scored_total",
+    "Tokens scored by `router select`.",
+    registry=SELECT_REGISTRY,
+)
+SELECT_SECONDS = Gauge(
+    "router_select_run_duration_seconds",
+    "Wall-clock seconds of the last finished `router select` run.",
+    registry=SELECT_REGISTRY,
+)
+SELECT_LAST_SUCCESS = Gauge(
+    "router_select_last_success_timestamp_seconds",
+    "Unix time at which the last `router select` run finished with reconciled counts.",
+    registry=SELECT_REGISTRY,
+)
 
 # -- quality sampling (router/serve/shadow.py) --------------------------------------------------
 # A fraction of accepted answers is also sent to the top tier off the request path; agreement is

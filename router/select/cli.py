@@ -58,6 +58,11 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="records per resumable part and output shard (default 10000)")
     p.add_argument("--config", type=Path, help="config file (default: the repo's config.yaml)")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    p.add_argument("--metrics-textfile", type=Path, metavar="PATH",
+                   help="write Prometheus metrics (documents by decision, tokens scored) to "
+                        "this file, for node exporter's textfile collector")
+    p.add_argument("--pushgateway", metavar="URL",
+                   help="push the same metrics to a Prometheus push gateway")
     p.set_defaults(func=select_main)
     return p
 
@@ -128,7 +133,8 @@ def select_main(args: argparse.Namespace) -> int:
             resume=args.resume, order_by_score=args.order == "score", stratify=args.stratify,
             from_scores=args.from_scores, config=args.config,
             shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
-            progress=False if args.no_progress else None, ray_address=args.ray_address)
+            progress=False if args.no_progress else None, ray_address=args.ray_address,
+            metrics_textfile=args.metrics_textfile, pushgateway=args.pushgateway)
         run_select(opts)
     except RouterError as exc:
         print(f"router select: error: {exc.message}", file=sys.stderr)

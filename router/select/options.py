@@ -34,4 +34,6 @@ class SelectOptions:
     progress: bool | None = None  # None: a bar on a TTY, log lines otherwise
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    metrics_textfile: Path | None = None  # Prometheus textfile (node exporter's collector)
+    pushgateway: str | None = None  # Prometheus push gateway URL
     extra: dict[str, str] = field(default_factory=dict)

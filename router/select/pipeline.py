@@ -18,6 +18,7 @@ from router.errors import InputError
 from router.policy import DifferenceRule, policy_to_dict
 from router.select.decide import check_signal, cut_points, decide, decision_column, priorities
 from router.select.emit import Emitter
+from router.select.metrics_export import SelectMetrics
 from router.select.options import SelectOptions
 from router.select.plan import ScorePlan, default_model
 from router.select.progress import Progress
@@ -82,6 +83,7 @@ def run_select(opts: SelectOptions, *, backends: Mapping[str, Backend] | None = 
     work = WorkDir(out)
     opts.policy.for_selection()
     engine_stats = Stats()
+    exporter = SelectMetrics(textfile=opts.metrics_textfile, pushgateway=opts.pushgateway)
     if opts.from_scores is not None:
         plan = None
         sources = _parts_from_scores(opts, work)
@@ -90,7 +92,8 @@ def run_select(opts: SelectOptions, *, backends: Mapping[str, Backend] | None = 
         sources = expand_inputs(opts.inputs)
         work.start(_fingerprint(sources, plan, opts), resume=opts.resume)
         done_before = len(work.markers())
-        progress = Progress(_total_records(sources, opts), tty=opts.progress)
+        progress = Progress(_total_records(sources, opts), tty=opts.progress,
+                            on_update=exporter.progress)
         if done_before:
             log(f"resuming: {done_before} scored part(s) are kept, not rescored")
         if opts.engine == "ray":
@@ -108,6 +111,7 @@ def run_select(opts: SelectOptions, *, backends: Mapping[str, Backend] | None = 
     stats = finalize(opts, sources, work, plan=plan, engine_stats=engine_stats,
                      seconds=time.perf_counter() - t0, log=log)
     work.remove()
+    exporter.finish(stats["counts"], time.perf_counter() - t0)
     return stats
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -17,7 +18,8 @@ def _fmt_eta(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total: int | None, *, stream: TextIO | None = None, tty: bool | None = None,
-                 every_s: float = 10.0, label: str = "scoring") -> None:
+                 every_s: float = 10.0, label: str = "scoring",
+                 on_update: Callable[[int, int], None] | None = None) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -27,10 +29,13 @@ class Progress:
         self.tokens = 0
         self.t0 = time.monotonic()
         self._last = 0.0 if self.tty else self.t0
+        self.on_update = on_update
 
     def update(self, docs: int, tokens: int) -> None:
         self.docs += docs
         self.tokens += tokens
+        if self.on_update is not None:
+            self.on_update(docs, tokens)
         now = time.monotonic()
         if self.tty and now - self._last >= 0.1:
             self._last = now
