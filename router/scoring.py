@@ -295,6 +295,42 @@ def compute_signals(
     return out
 
 
+def sequence_signal(seq: TokenLogprobs, spec: SignalSpec) -> float:
+    """One signal of one sequence without building a batch: the serving hot path (a running
+    confidence after every streamed token). Equals `compute_signals` on a batch of one.
+
+    Example: logprobs [-1, -3], 2 bytes each: mean_logprob -> -2.0, logprob_per_byte -> -1.0.
+    NaN for an empty sequence, or a top-k signal without top-k.
+    """
+    v = seq.logprobs
+    if v.size == 0:
+        return math.nan
+    name = spec.name
+    if name in ("mean_logprob", "neg_perplexity"):
+        mean = float(v.sum()) / v.size
+        return mean if name == "mean_logprob" else -math.exp(-mean)
+    if name == "sum_logprob":
+        return float(v.sum())
+    if name == "min_logprob":
+        return float(v.min())
+    if name == "quantile_logprob":
+        return float(np.quantile(v, spec.q))
+    if name in ("logprob_per_byte", "neg_bits_per_byte"):
+        nbytes = int(seq.token_bytes.sum())
+        if nbytes <= 0:
+            return math.nan
+        per_byte = float(v.sum()) / nbytes
+        return per_byte if name == "logprob_per_byte" else per_byte / LN2
+    top = seq.top_logprobs
+    if name == "neg_mean_entropy":
+        return math.nan if top is None else -float(topk_entropy(top).mean())
+    if name == "mean_margin":
+        if top is None or top.shape[1] < 2:
+            return math.nan
+        return float((top[:, 0] - top[:, 1]).mean())
+    raise ScoringError(f"unknown signal {name}")  # pragma: no cover - SignalSpec validates
+
+
 @dataclass(frozen=True)
 class ScoreResult:
     """Signals of a batch of sequences, stamped with the model and scorer version."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from router.errors import ScoringError
 from router.scoring import (
+    SIGNALS,
     RaggedBatch,
     ScoreResult,
     SignalSpec,
@@ -19,6 +20,7 @@ from router.scoring import (
     compute_signals,
     score_sequences,
     segment_quantile,
+    sequence_signal,
     topk_entropy,
     window_plan,
 )
@@ -60,6 +62,20 @@ def test_signals_match_plain_loops(seqs: list[list[float]], q: float) -> None:
         assert out["logprob_per_byte"][i] == pytest.approx(sum(s) / (3 * len(s)), abs=1e-9)
         assert out["neg_perplexity"][i] == pytest.approx(-math.exp(-mean), rel=1e-9)
         assert out["bits_per_byte"][i] == pytest.approx(-sum(s) / (3 * len(s)) / math.log(2))
+
+
+@given(sequence, st.sampled_from(sorted(SIGNALS)), st.floats(0.0, 1.0), st.integers(0, 3))
+@settings(max_examples=300, deadline=None)
+def test_single_sequence_signal_equals_the_batch_scorer(values: list[float], name: str, q: float,
+                                                        k: int) -> None:
+    seq = _seq(values, k=k)
+    spec = SignalSpec(name, q=q)
+    batch = compute_signals(RaggedBatch.from_sequences([seq]), [spec])[spec.key][0]
+    single = sequence_signal(seq, spec)
+    if math.isnan(batch):
+        assert math.isnan(single)
+    else:
+        assert single == pytest.approx(batch, rel=1e-9, abs=1e-9)
 
 
 def test_documented_example() -> None:

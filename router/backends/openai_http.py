@@ -13,7 +13,6 @@ used). Responses are parsed in vLLM's exact shapes:
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 
 from router.backends.base import (
     Generation,
@@ -40,6 +40,7 @@ from router.errors import (
 from router.scoring import TokenLogprobs
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class OpenAIHttpBackend:
     def _status_error(self, status: int, body: bytes) -> RouterError:
         message = body.decode("utf-8", errors="replace")[:500]
         try:
-            message = json.loads(body)["error"]["message"]
+            message = orjson.loads(body)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
         where = f"upstream {self.model_id} answered {status}"
@@ -120,11 +121,12 @@ class OpenAIHttpBackend:
         while True:
             try:
                 async with self._slots:
-                    resp = await self._client.post(path, json=body)
+                    resp = await self._client.post(path, content=orjson.dumps(body),
+                                                   headers=JSON_HEADERS)
                 if resp.status_code >= 400:
                     raise self._status_error(resp.status_code, resp.content)
                 try:
-                    data = resp.json()
+                    data = orjson.loads(resp.content)
                 except ValueError:
                     raise UpstreamError(
                         f"upstream {self.model_id} sent a body that is not JSON: "
@@ -208,10 +210,13 @@ class OpenAIHttpBackend:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         path, body = self._body(request, stream=True)
+        content = orjson.dumps(body)
         attempt = 0
         while True:
             try:
-                async with self._slots, self._client.stream("POST", path, json=body) as resp:
+                async with self._slots, self._client.stream(
+                    "POST", path, content=content, headers=JSON_HEADERS
+                ) as resp:
                     if resp.status_code >= 400:
                         raise self._status_error(resp.status_code, await resp.aread())
                     async for delta in self._parse_sse(resp, request.is_chat):
@@ -237,9 +242,9 @@ class OpenAIHttpBackend:
             payload = line[5:].strip()
             if payload == "[DONE]":
                 done = True
-                break
+                continue  # read to the end, so the connection goes back to the pool
             try:
-                chunk = json.loads(payload)
+                chunk = orjson.loads(payload)
             except ValueError:
                 raise UpstreamError(
                     f"upstream {self.model_id} streamed a chunk that is not "

@@ -26,7 +26,7 @@ from router.backends.base import Backend, Generation, GenerationRequest, StreamD
 from router.config import Settings, TierConfig
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
 from router.policy import load_policy
-from router.scoring import SignalSpec, TokenLogprobs, score_sequences
+from router.scoring import SignalSpec, TokenLogprobs, sequence_signal
 from router.serve.online import Decider, decider_for
 
 log = logging.getLogger("router.serve")
@@ -123,9 +123,8 @@ def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
 
 def confidence(model: str, lp: TokenLogprobs, spec: SignalSpec) -> float:
     """The policy signal of one answer (NaN when it has no tokens)."""
-    if len(lp) == 0:
-        return math.nan
-    return float(score_sequences(model, [lp], [spec]).signal(spec)[0])
+    del model  # one answer of one model: nothing to compare across models here
+    return sequence_signal(lp, spec)
 
 
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:

@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+import orjson
+from fastapi.responses import Response, StreamingResponse
 
 from router.backends.base import GenerationRequest, StreamDelta, Usage
 from router.errors import RouterError, UpstreamTimeout
@@ -52,7 +53,7 @@ def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int =
 
 async def respond(state: ServeState, *, chat: bool, model: str, request: GenerationRequest,
                   prompt: str, stream: bool, logprobs_k: int | None,
-                  include_usage: bool) -> JSONResponse | StreamingResponse:
+                  include_usage: bool) -> Response:
     """`logprobs_k`: None when the client did not ask for logprobs, else its top-k (may be 0)."""
     cascade = state.cascade
     direct = cascade.route(model)
@@ -75,7 +76,8 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
              started=started, prompt=prompt, usage=gen.usage)
         _shadow(state, out, direct=direct is not None, request=request, prompt=prompt,
                 answer=gen.text)
-        return JSONResponse(payload, headers=out.headers())
+        return Response(orjson.dumps(payload), media_type="application/json",
+                        headers=out.headers())
 
     events = cascade.stream(request, direct=direct, prompt_text=prompt)
     try:

@@ -25,7 +25,7 @@ class ServeState:
     shadow: ShadowSampler | None = None
 
 
-def get_state(request: Request) -> ServeState:
+async def get_state(request: Request) -> ServeState:  # async: FastAPI runs sync deps in threads
     state: ServeState = request.app.state.serve
     return state
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from router.serve.respond import respond
 from router.serve.schemas import ChatBody, chat_request, parse_body, prompt_text_of
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(request: Request, state: StateDep) -> JSONResponse | StreamingResponse:
+async def chat_completions(request: Request, state: StateDep) -> Response:
     body = parse_body(await request.body(), ChatBody)
     top_k = max(t.config.top_logprobs for t in state.cascade.tiers)
     gen = chat_request(body, state.settings.server, top_k)

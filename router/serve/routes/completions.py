@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from router.serve.respond import respond
 from router.serve.schemas import CompletionBody, completion_request, parse_body, prompt_text_of
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 
 
 @router.post("/completions", response_model=None)
-async def completions(request: Request, state: StateDep) -> JSONResponse | StreamingResponse:
+async def completions(request: Request, state: StateDep) -> Response:
     body = parse_body(await request.body(), CompletionBody)
     top_k = max(t.config.top_logprobs for t in state.cascade.tiers)
     gen = completion_request(body, state.settings.server, top_k)
