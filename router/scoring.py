@@ -138,7 +138,11 @@ class TokenLogprobs:
         if top_logprobs is not None and len(top_logprobs) > 0:
             k = min(len(row) for row in top_logprobs)
             if k > 0:
-                top = np.array([sorted(row, reverse=True)[:k] for row in top_logprobs], np.float64)
+                if all(len(row) == k for row in top_logprobs):  # the usual case: one sort
+                    top = -np.sort(-np.asarray(top_logprobs, dtype=np.float64), axis=1)
+                else:
+                    top = np.array([sorted(row, reverse=True)[:k] for row in top_logprobs],
+                                   np.float64)
         return cls(
             np.asarray(logprobs, dtype=np.float64),
             np.asarray(token_bytes, dtype=np.int64),

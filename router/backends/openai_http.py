@@ -13,6 +13,8 @@ used). Responses are parsed in vLLM's exact shapes:
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from router.errors import (
 from router.scoring import TokenLogprobs
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+POOL_SHARD_SIZE = 16  # connections per httpx pool
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -67,24 +70,37 @@ class OpenAIHttpBackend:
         self._model_id = model_id
         self.settings = settings
         headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrency,
-                max_keepalive_connections=settings.max_concurrency,
-            ),
-            transport=transport,
-        )
+        # httpx's pool does work proportional to its connections and waiters on every request;
+        # past a few dozen connections that dominates the router's CPU. Several small pools,
+        # used in turn, keep each one short; the semaphore bounds the total.
+        shards = max(1, math.ceil(settings.max_concurrency / POOL_SHARD_SIZE))
+        per_shard = math.ceil(settings.max_concurrency / shards)
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=settings.base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+                limits=httpx.Limits(max_connections=per_shard,
+                                    max_keepalive_connections=per_shard),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._next_client = itertools.cycle(self._clients)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """The next pool in turn."""
+        return next(self._next_client)
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     # -- transport --------------------------------------------------------------------------
 

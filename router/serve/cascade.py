@@ -121,6 +121,47 @@ def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
                          np.concatenate([p.token_bytes for p in parts]), top)
 
 
+class TokenBuffer:
+    """The tokens of a stream so far, in arrays that grow by doubling: appending a delta and
+    reading the running total are O(delta), so a confidence after every token stays cheap."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._lp = np.empty(capacity, np.float64)
+        self._bytes = np.empty(capacity, np.int64)
+        self._top: np.ndarray | None = None  # (capacity, k), allocated with the first top-k
+        self._has_top = True
+        self.n = 0
+
+    def append(self, lp: TokenLogprobs) -> None:
+        m = len(lp)
+        if m == 0:
+            return
+        need = self.n + m
+        if need > len(self._lp):
+            cap = max(need, 2 * len(self._lp))
+            self._lp = np.resize(self._lp, cap)
+            self._bytes = np.resize(self._bytes, cap)
+            if self._top is not None:
+                self._top = np.resize(self._top, (cap, self._top.shape[1]))
+        self._lp[self.n:need] = lp.logprobs
+        self._bytes[self.n:need] = lp.token_bytes
+        top = lp.top_logprobs
+        if top is None or top.shape[1] == 0:
+            self._has_top = False
+        elif self._has_top:
+            if self._top is None:
+                self._top = np.empty((len(self._lp), top.shape[1]), np.float64)
+            k = min(self._top.shape[1], top.shape[1])
+            if k < self._top.shape[1]:
+                self._top = np.ascontiguousarray(self._top[:, :k])
+            self._top[self.n:need] = top[:, :k]
+        self.n = need
+
+    def view(self) -> TokenLogprobs:
+        top = self._top[:self.n] if self._has_top and self._top is not None else None
+        return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
+
+
 def confidence(model: str, lp: TokenLogprobs, spec: SignalSpec) -> float:
     """The policy signal of one answer (NaN when it has no tokens)."""
     del model  # one answer of one model: nothing to compare across models here
@@ -319,7 +360,7 @@ class Cascade:
         cfg = self.settings.cascade
         decider = tier.decider
         assert decider is not None
-        parts: list[TokenLogprobs] = []
+        parts = TokenBuffer()
         n = 0
         finish: str | None = None
         async for delta in it:
@@ -331,17 +372,17 @@ class Cascade:
                 finish = delta.finish_reason
                 break
             if n >= cfg.stream_min_tokens:
-                running = confidence(tier.model, join_logprobs(parts), tier.signal)
+                running = confidence(tier.model, parts.view(), tier.signal)
                 if running < decider.threshold:  # early escalation: abort this tier now
                     attempt.threshold = decider.threshold
-                    self._score(tier, attempt, join_logprobs(parts))
+                    self._score(tier, attempt, parts.view())
                     decider.decide(running)
                     metrics.THRESHOLD.labels(tier.name).set(decider.threshold)
                     return "low_confidence", False
             if n >= cfg.stream_buffer_tokens:
                 break
         complete = finish is not None
-        score = self._score(tier, attempt, join_logprobs(parts))
+        score = self._score(tier, attempt, parts.view())
         text = "".join(d.text for d in buffered) if complete else None
         return self._judge(tier, attempt, score, text, finish), complete
 
