@@ -42,7 +42,7 @@ from router.errors import (
 from router.scoring import TokenLogprobs
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-POOL_SHARD_SIZE = 16  # connections per httpx pool
+POOL_SHARD_SIZE = 8  # connections per httpx pool
 JSON_HEADERS = {"content-type": "application/json"}
 
 
