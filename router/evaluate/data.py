@@ -245,20 +245,22 @@ def parse_label(value: Any) -> bool | None:
     return None
 
 
-def load_labels(path: Path) -> dict[str, tuple[bool, str]]:
-    """{"id": ..., "correct": true|false} a line (also `acceptable` or `label`) ->
-    {id: (label, "file:line")}."""
+def load_labels(path: Path, keys: Sequence[str] = LABEL_KEYS
+                ) -> dict[str, tuple[bool, str]]:
+    """{"id": ..., "correct": true|false} a line (any of `keys` names the label) ->
+    {id: (label, "file:line")}. Answers use `correct`/`acceptable`/`label`; documents use
+    `good`/`label`/`keep`/`correct` (router.evaluate.selection)."""
     out: dict[str, tuple[bool, str]] = {}
     for lineno, row in read_jsonl(path):
         where = f"{path}:{lineno}"
         if "id" not in row:
             raise InputError(f"{where}: a label row needs an 'id'")
-        key = next((k for k in LABEL_KEYS if k in row), None)
+        key = next((k for k in keys if k in row), None)
         if key is None:
-            raise InputError(f"{where}: unlabelled row: needs one of {', '.join(LABEL_KEYS)}")
+            raise InputError(f"{where}: unlabelled row: needs one of {', '.join(keys)}")
         label = parse_label(row[key])
         if label is None:
-            raise InputError(f"{where}: '{key}' must be true or false, got {row[key]!r}")
+            raise InputError(f"{where}: '{key}' must be true/false or good/bad, got {row[key]!r}")
         rid = str(row["id"])
         if rid in out:
             raise InputError(f"{where}: duplicate id {rid!r} (first at {out[rid][1]})")

@@ -13,7 +13,6 @@ import numpy as np
 
 from router.errors import InputError
 from router.evaluate import metrics_math as mm
-from router.evaluate.data import read_jsonl
 from router.policy import Policy
 from router.scoring import SIGNALS
 
@@ -22,21 +21,9 @@ GOOD_KEYS = ("good", "label", "keep", "correct")
 
 def load_doc_labels(path: Path) -> dict[str, tuple[bool, str]]:
     """{"id": ..., "good": true|false} a line (also label/keep/correct) -> {id: (good, where)}."""
-    from router.evaluate.data import parse_label
+    from router.evaluate.data import load_labels
 
-    out: dict[str, tuple[bool, str]] = {}
-    for lineno, row in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if "id" not in row:
-            raise InputError(f"{where}: a label row needs an 'id'")
-        key = next((k for k in GOOD_KEYS if k in row), None)
-        if key is None:
-            raise InputError(f"{where}: unlabelled row: needs one of {', '.join(GOOD_KEYS)}")
-        good = parse_label(row[key])
-        if good is None:
-            raise InputError(f"{where}: '{key}' must be true/false or good/bad, got {row[key]!r}")
-        out[str(row["id"])] = (good, where)
-    return out
+    return load_labels(path, GOOD_KEYS)
 
 
 def evaluate_selection(scores_path: Path, labels_path: Path, policy: Policy) -> dict[str, Any]:

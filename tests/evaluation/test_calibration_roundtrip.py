@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from eval_helpers import REPO, ServerThread
+from eval_helpers import REPO
 
 from router.backends import build_backends
 from router.cli import main
@@ -32,6 +32,7 @@ from router.evalset import generate
 from router.evaluate.data import write_items
 from router.policy import load_policy
 from router.serve import create_app
+from tests.harness.server_thread import ServerThread
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(2400)]
 TARGET = 0.3

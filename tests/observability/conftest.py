@@ -16,7 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # fake_vllm, serve_helpers
 
 from obs_helpers import PromBin, RouterUnderTest, install_prometheus, start_router, start_upstream
-from serve_helpers import ServerThread
+
+from tests.harness.server_thread import ServerThread
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from serve_helpers import ServerThread, free_port, write_policy
+from serve_helpers import write_policy
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from router.config import Settings, settings_from_dict
 from router.serve.app import create_app
+from tests.harness.server_thread import ServerThread, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_helpers import ServerThread, make_settings
+from serve_helpers import make_settings
 
 from router.config import Settings
+from tests.harness.server_thread import ServerThread
 
 
 @pytest.fixture

@@ -234,7 +234,8 @@ def test_graceful_shutdown_finishes_in_flight(settings_factory: SettingsFactory)
     import threading
 
     import httpx
-    from serve_helpers import ServerThread
+
+    from tests.harness.server_thread import ServerThread
 
     slow = FakeBackend("fake-small", delay_s=1.0)
     app = create_app(settings_factory(), {"small": slow, "large": FakeBackend("fake-large")})

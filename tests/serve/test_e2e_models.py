@@ -11,11 +11,12 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from serve_helpers import REPO, ServerThread, write_policy
+from serve_helpers import REPO, write_policy
 
 from router.backends import Backend, build_backends
 from router.config import settings_from_dict
 from router.serve import create_app
+from tests.harness.server_thread import ServerThread
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 SMALL, LARGE = "smollm2-135m-instruct", "gemma3-270m"

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from serve_helpers import REPO, free_port
+from serve_helpers import REPO
 
 from router.serve.run import serve_main
+from tests.harness.server_thread import free_port
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:

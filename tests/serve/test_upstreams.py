@@ -11,9 +11,10 @@ from typing import Any
 import openai
 import pytest
 from fake_vllm import TOKENS, fake_vllm_app
-from serve_helpers import ServerThread, free_port, make_settings
+from serve_helpers import make_settings
 
 from router.serve import create_app
+from tests.harness.server_thread import ServerThread, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
