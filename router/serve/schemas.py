@@ -82,6 +82,20 @@ class CompletionBody(_Body):
         return self.prompt[0]
 
 
+def _error_code(pydantic_type: str) -> str:
+    """Pydantic's error type -> an OpenAI-style code.
+
+    Example: "missing" -> "missing_required_parameter"; "int_parsing" -> "invalid_type";
+    "greater_than_equal" -> "invalid_value".
+    """
+    if pydantic_type == "missing":
+        return "missing_required_parameter"
+    if pydantic_type.endswith(("_type", "_parsing")) or pydantic_type in ("model_attributes_type",
+                                                                           "dict_type"):
+        return "invalid_type"
+    return "invalid_value"
+
+
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Raw JSON -> a validated body, or an InputError naming the first bad parameter."""
     try:
@@ -97,8 +111,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         loc = ".".join(str(p) for p in err["loc"])
         msg = "Field required" if err["type"] == "missing" else err["msg"]
         raise InputError(f"{loc}: {msg}", param=str(err["loc"][0]) if err["loc"] else None,
-                         code="missing_required_parameter" if err["type"] == "missing"
-                         else "invalid_type") from None
+                         code=_error_code(err["type"])) from None
 
 
 def _temperature(requested: float | None, server: ServerConfig) -> float:

@@ -88,20 +88,23 @@ def test_readyz_reports_a_broken_tier(settings_factory: SettingsFactory) -> None
         assert r.status_code == 503 and r.json()["tiers"]["large"] == "down"
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": "cascade"}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
-    ({**CHAT, "messages": "hi"}, "messages"),
-    ({**CHAT, "messages": []}, "messages"),
-    ({**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
-    ({**CHAT, "max_tokens": "many"}, "max_tokens"),
-    ({**CHAT, "temperature": 9}, "temperature"),
-    ({**CHAT, "stream": "yes please"}, "stream"),
-    ({**CHAT, "n": 3}, "n"),
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({"model": "cascade"}, "messages", "missing_required_parameter"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model", "missing_required_parameter"),
+    ({**CHAT, "messages": "hi"}, "messages", "invalid_type"),
+    ({**CHAT, "messages": []}, "messages", "invalid_value"),
+    ({**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, "messages", "invalid_value"),
+    ({**CHAT, "max_tokens": "many"}, "max_tokens", "invalid_type"),
+    ({**CHAT, "max_tokens": -3}, "max_tokens", "invalid_value"),
+    ({**CHAT, "temperature": 9}, "temperature", "invalid_value"),
+    ({**CHAT, "stream": "yes please"}, "stream", "invalid_type"),
+    ({**CHAT, "n": 3}, "n", "invalid_value"),
 ])
-def test_bad_chat_requests_are_400(client: TestClient, body: dict[str, Any], param: str) -> None:
+def test_bad_chat_requests_are_400(client: TestClient, body: dict[str, Any], param: str,
+                                   code: str) -> None:
     err = assert_error(client.post("/v1/chat/completions", json=body), 400)
     assert err["param"] == param and err["type"] == "invalid_request_error"
+    assert err["code"] == code
 
 
 def test_bad_json_and_completion_bodies(client: TestClient) -> None:
