@@ -80,8 +80,15 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                         headers=out.headers())
 
     events = cascade.stream(request, direct=direct, prompt_text=prompt)
+    limit = state.settings.server.request_timeout_s
     try:
-        first = await anext(events)
+        # until a tier is committed nothing was sent: the request timeout still gives a 504
+        async with asyncio.timeout(limit):
+            first = await anext(events)
+    except TimeoutError:
+        await events.aclose()
+        raise UpstreamTimeout(f"no tier committed an answer within {limit} s "
+                              "(server.request_timeout_s)") from None
     except BaseException:
         await events.aclose()
         raise

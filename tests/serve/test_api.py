@@ -256,3 +256,15 @@ def test_graceful_shutdown_finishes_in_flight(settings_factory: SettingsFactory)
     t.join(timeout=10)
     server.thread.join(timeout=10)
     assert result["r"].status_code == 200 and not server.thread.is_alive()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_request_timeout_is_a_504_before_anything_was_sent(settings_factory: SettingsFactory,
+                                                           stream: bool) -> None:
+    settings = settings_factory(server={"request_timeout_s": 0.2})
+    slow = {"small": FakeBackend("fake-small", delay_s=5.0),
+            "large": FakeBackend("fake-large", delay_s=5.0)}
+    with client_for(settings, **slow) as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+    err = assert_error(r, 504)
+    assert "server.request_timeout_s" in err["message"]
