@@ -1,7 +1,7 @@
 """`create_app(settings)`: the FastAPI app of `router serve`.
 
 The lifespan owns the backends (built from config unless passed in; HTTP tiers hold one pooled
-`httpx.AsyncClient` each), the cascade and the decision log. One exception handler turns every
+`aiohttp.ClientSession` each), the cascade and the decision log. One exception handler turns every
 `RouterError` into OpenAI's error body; services raise, they never return errors.
 """
 

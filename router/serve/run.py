@@ -42,7 +42,6 @@ def serve_main(args: argparse.Namespace | str | Path | None = None, host: str | 
         config_path = args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call
     try:
         settings = load_settings(config_path)
         run_server(settings, host, port, environ=dict(os.environ))
