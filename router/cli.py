@@ -171,23 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: config, 8000)")
     p.set_defaults(func=_lazy("router.serve.run", "serve_main"))
 
-    try:
-        from router.select.cli import add_select_parser
-    except ImportError:  # pragma: no cover - select ships with the package
-        pass
-    else:
-        add_select_parser(sub)
+    # the other commands register themselves (their modules import their heavy parts lazily)
+    from router.calibrate.cli import add_parser as add_calibrate_parser
+    from router.evaluate.cli import add_parser as add_eval_parser
+    from router.select.cli import add_select_parser
 
-    for _name, module, helptext in (
-        ("calibrate", "router.calibrate.cli", "fit a policy threshold to a target escalation rate"),
-        ("eval", "router.evaluate.cli", "measure a cascade: AUROC, deferral curve, PGR"),
-    ):
-        try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        mod.add_parser(sub)
-        del helptext
+    add_select_parser(sub)
+    add_calibrate_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
