@@ -11,6 +11,7 @@ from router.backends.embedded import EmbeddedBackend, EmbeddedSettings
 from router.errors import InputError, ModelError
 from router.prompting import TranscriptTemplate
 from router.scoring import score_sequences
+from tests.harness.pairing import assert_same_pairing
 
 pytestmark = pytest.mark.model
 
@@ -68,12 +69,9 @@ def test_prompt_scoring_is_aligned_with_generation(small_engine: LlamaEngine) ->
     text = "".join(s.text for s in steps)
     scored = small_engine.score(prompt + text)
     gen = np.array([s.logprob for s in steps])
-    # llama.cpp's batched and single-token kernels round differently on Q4 weights: the
-    # values agree to a few hundredths; an off-by-one pairing would be off by nats
-    diff = np.abs(scored.logprobs[-len(gen) :] - gen)
-    assert diff.max() < 0.15 and diff.mean() < 0.05
-    shifted = np.abs(scored.logprobs[-len(gen) - 1 : -1] - gen)
-    assert shifted.mean() > 0.5
+    # llama.cpp's batched and single-token kernels round differently on Q4 weights, by an
+    # amount that depends on the build and CPU; an off-by-one pairing is off by nats
+    assert_same_pairing(scored.logprobs[-len(gen) :], gen, "prompt scoring vs generation")
     assert scored.tokens is not None and "".join(scored.tokens[-len(gen) :]) == text
 
 
@@ -104,9 +102,11 @@ async def test_chat_generation_and_stop_sequences() -> None:
         temperature=0.0,
     )
     gen = await large.generate(req)
-    assert gen.text.strip() == "Paris"
-    assert gen.finish_reason == "stop"
-    assert len(gen.logprobs) >= 1 and gen.logprobs.top_logprobs is not None
+    # greedy: every chosen token is its step's most likely one (exact, whatever the build)
+    assert gen.logprobs.top_logprobs is not None and len(gen.logprobs) >= 1
+    np.testing.assert_array_equal(gen.logprobs.logprobs, gen.logprobs.top_logprobs[:, 0])
+    assert "Paris" in gen.text  # the answer is far from a near-tie on any build
+    assert gen.finish_reason == "stop"  # the transcript template's stop sequence ended it
     assert gen.alternatives is not None and len(gen.alternatives.tokens) == len(gen.logprobs)
     assert gen.usage.prompt_tokens > 5
 

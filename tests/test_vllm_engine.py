@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from router.backends._llama import LlamaEngine
+from tests.harness.pairing import assert_same_pairing
 from tests.harness.vllm_cpu import HERE, ensure_hf_model, ensure_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
@@ -44,7 +45,7 @@ def test_vllm_engine_scores_agree_with_the_embedded_backend(small_engine: LlamaE
     for text, remote in zip(TEXTS, result["scores"], strict=True):
         local = small_engine.score(text)
         assert tuple(remote["tokens"]) == local.tokens
-        np.testing.assert_allclose(remote["logprobs"], local.logprobs, atol=0.6)
+        assert_same_pairing(remote["logprobs"], local.logprobs, "vllm.LLM vs llama.cpp")
         assert abs(np.mean(remote["logprobs"]) - local.logprobs.mean()) < 0.1
         assert remote["top"] is not None and len(remote["top"][0]) == 2
     gen = result["generation"]
