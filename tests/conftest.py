@@ -11,7 +11,6 @@ from router.backends._llama import LlamaEngine
 from router.models import resolve_packaged
 
 
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which llama.cpp build ran: its rounding differs across CPUs and build flags."""
     try:
