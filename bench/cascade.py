@@ -1,7 +1,10 @@
 """Cascade quality and cost on the built-in evaluation set, with the embedded models.
 
-    python bench/cascade.py [--size 80] [--seed 0] [--signal quantile_logprob_q0.1]
+    python bench/cascade.py [--size 80] [--seed 0] [--set builtin|heldout]
+                            [--signal quantile_logprob_q0.1 | --policy policies/FILE.yaml]
                             [--recorded outputs.jsonl] [--config FILE] [--json bench/results/...]
+
+`--policy` scores by the policy's own signal (a learned rule included) exactly as serve does.
 
 Runs every tier on every prompt once (about 2.5 minutes for 80 prompts on 2 cores), then
 compares, at escalation rates 10/20/30/50%: small-only, large-only, random routing at the same
@@ -28,7 +31,8 @@ from router.calibrate.fit import escalation_rate, fit_rate
 from router.evalset import DEFAULT_MAX_TOKENS, generate
 from router.evaluate import metrics_math as mm
 from router.evaluate.data import Recorded, load_recorded, write_recorded
-from router.evaluate.report import signal_values
+from router.evaluate.report import policy_scores, signal_values
+from router.policy import Policy, load_policy
 from router.scoring import SignalSpec
 
 RATES = (0.1, 0.2, 0.3, 0.5)
@@ -41,7 +45,12 @@ def run_models(args: argparse.Namespace, out: Path) -> list[Recorded]:
 
     settings = load_settings(args.config)
     backends = build_backends(settings)
-    items = generate(args.seed, args.size)
+    if args.set == "heldout":
+        from router.evalset.heldout import generate_heldout
+
+        items = generate_heldout(args.seed, args.size)
+    else:
+        items = generate(args.seed, args.size)
 
     async def go() -> list[Recorded]:
         try:
@@ -55,8 +64,13 @@ def run_models(args: argparse.Namespace, out: Path) -> list[Recorded]:
     return load_recorded(out)
 
 
-def figures(records: list[Recorded], spec: SignalSpec) -> dict[str, Any]:
-    scores = signal_values(records, [spec])[spec.key]
+def figures(records: list[Recorded], spec: SignalSpec | None,
+            policy: Policy | None = None) -> dict[str, Any]:
+    if policy is not None:
+        scores, key = policy_scores(policy, records), f"policy:{policy.name}"
+    else:
+        assert spec is not None
+        scores, key = signal_values(records, [spec])[spec.key], spec.key
     small = np.array([r.outputs[0].correct for r in records], np.float64)
     large = np.array([r.outputs[-1].correct for r in records], np.float64)
     c_s = np.array([r.outputs[0].cost_usd for r in records])
@@ -85,7 +99,7 @@ def figures(records: list[Recorded], spec: SignalSpec) -> dict[str, Any]:
                          "random_quality": float(small[test_idx].mean() + escalation_rate(
                              s_test, t) * (large[test_idx].mean() - small[test_idx].mean()))},
         })
-    return {"n": n, "signal": spec.key, "auroc": mm.auroc(scores, small),
+    return {"n": n, "signal": key, "auroc": mm.auroc(scores, small),
             "small_only": {"quality": float(small.mean()), "cost": float(c_s.mean())},
             "large_only": {"quality": float(large.mean()), "cost": float(c_l.mean())},
             "small_model": records[0].outputs[0].model, "large_model": records[0].outputs[-1].model,
@@ -94,7 +108,7 @@ def figures(records: list[Recorded], spec: SignalSpec) -> dict[str, Any]:
 
 def table(f: dict[str, Any]) -> str:
     c_l = f["large_only"]["cost"]
-    lines = [f"{f['n']} built-in prompts; signal {f['signal']} (AUROC {f['auroc']:.3f}); "
+    lines = [f"{f['n']} prompts; signal {f['signal']} (AUROC {f['auroc']:.3f}); "
              f"{f['small_model']} -> {f['large_model']}",
              f"{'routing':<34}{'quality':>9}{'$/1k prompts':>14}{'cost vs large':>15}",
              "-" * 72]
@@ -119,7 +133,9 @@ def main() -> int:
     p.add_argument("--size", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--set", choices=("builtin", "heldout"), default="builtin")
     p.add_argument("--signal", default="quantile_logprob_q0.1")
+    p.add_argument("--policy", type=Path, help="score by this policy's signal instead")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--recorded", type=Path, help="reuse an outputs.jsonl instead of running")
     p.add_argument("--json", type=Path, default=Path("bench/results/cascade.json"))
@@ -129,7 +145,8 @@ def main() -> int:
         records = load_recorded(args.recorded)
     else:
         records = run_models(args, args.json.with_name("cascade_outputs.jsonl"))
-    f = figures(records, SignalSpec.parse(args.signal))
+    policy = load_policy(args.policy).for_serving() if args.policy is not None else None
+    f = figures(records, SignalSpec.parse(args.signal), policy)
     f["seconds"] = round(time.perf_counter() - started, 1)
     print(table(f))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -140,8 +140,19 @@ class ShadowConfig(_Strict):
     min_logprob: float = -2.0
 
 
+class ProbesConfig(_Strict):
+    """How the confidence probes (router.probes) ask a tier, when its policy's signal uses
+    them: k sampled answers for `consistency`, the top-k read for `verify_p_yes`."""
+
+    consistency_samples: int = Field(4, ge=1, le=16)
+    consistency_temperature: float = Field(0.7, gt=0.0, le=2.0)
+    consistency_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    verify_top_k: int = Field(20, ge=2, le=20)
+
+
 class CascadeConfig(_Strict):
     policy: Path = Path("policies/support-cascade.yaml")
+    probes: ProbesConfig = ProbesConfig()
     prompt_gate: PromptGateConfig | None = None
     shadow: ShadowConfig | None = None
     escalate_on_length: bool = False

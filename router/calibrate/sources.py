@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from router.backends import Backend
 from router.config import Settings
 from router.errors import InputError, RouterError
 from router.evalset import EvalItem, check_answer
-from router.evaluate.data import read_jsonl
+from router.evaluate.data import TierOutput, read_jsonl
 from router.evaluate.run import request_for
 from router.scoring import SignalSpec, score_sequences
 
@@ -124,3 +125,155 @@ def check_signal_name(text: str) -> SignalSpec:
         return SignalSpec.parse(text)
     except RouterError as exc:
         raise InputError(f"--signal: {exc.message}") from None
+
+
+@dataclass
+class LearningRows:
+    """Labelled tier-0 answers as a feature matrix, for fitting a learned rule."""
+
+    x: np.ndarray  # (n, d) in `features` order
+    correct: np.ndarray  # (n,) bool
+    features: list[str]
+    model: str
+    tier: str
+    data: str
+    max_tokens: int | None = None
+
+
+def rows_from_outputs(outputs: Sequence[TierOutput], features: Sequence[str], *, data: str,
+                      max_tokens: int | None = None) -> LearningRows:
+    """Tier-0 answers (with their probe features) -> the matrix of the requested features,
+    keeping only features that were measured (a probe that never ran is dropped, said so)."""
+    from router.learned import feature_matrix, feature_spec
+    from router.learned_fit import usable_features
+
+    if not outputs:
+        raise InputError(f"{data}: no answers to learn from")
+    try:
+        specs = [s for s in (feature_spec(f) for f in features) if s is not None]
+    except RouterError as exc:
+        raise InputError(f"--features: {exc.message}") from None
+    cols = score_sequences(outputs[0].model, [o.logprobs for o in outputs], specs).signals
+    feats = [o.features for o in outputs]
+    x = feature_matrix(cols, feats, features)
+    used = usable_features(x, features)
+    if not used:
+        raise InputError(f"{data}: none of the features {', '.join(features)} was measured")
+    return LearningRows(x=feature_matrix(cols, feats, used),
+                        correct=np.array([o.correct for o in outputs], dtype=bool),
+                        features=used, model=outputs[0].model, tier=outputs[0].tier,
+                        data=data, max_tokens=max_tokens)
+
+
+def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
+                  features: Sequence[str], *,
+                  log: Callable[[str], None] = lambda _m: None) -> LearningRows:
+    """The labelled rows of `router calibrate --learn`: from --recorded (router eval's
+    outputs.jsonl), from --prompts (tier 0 answers them now, probes included), or from a
+    decision log whose tier-0 attempts carry their features (with --labels)."""
+    import asyncio
+    import os
+
+    from router.evaluate.data import load_items, load_recorded
+    from router.evaluate.run import answer_all
+    from router.probes import needed_probes, probe_settings
+
+    if args.recorded is not None:
+        records = load_recorded(args.recorded)[: args.limit]
+        outs = [_relabel(r.outputs[0], r.item.id, labels) for r in records]
+        return rows_from_outputs(outs, features, data=str(args.recorded))
+    if args.log is not None:
+        return rows_from_log(args.log, labels, features, limit=args.limit)
+    from router.backends import build_backend
+    from router.config import load_settings
+    from router.evalset import DEFAULT_SIZE, generate
+
+    settings = load_settings(args.config)
+    if args.prompts == "builtin":
+        items = generate(args.seed, args.limit or DEFAULT_SIZE)
+        data = f"builtin(seed={args.seed}, n={len(items)})"
+    elif args.prompts == "heldout":
+        from router.evalset.heldout import generate_heldout
+
+        items = generate_heldout(args.seed, args.limit or DEFAULT_SIZE)
+        data = f"heldout(seed={args.seed}, n={len(items)})"
+    else:
+        path = Path(args.prompts)
+        items = load_items(path, require_label=labels is None)[: args.limit]
+        data = str(path)
+    max_tokens = args.max_tokens or settings.server.default_max_tokens
+    tier = settings.tiers[0]
+    backend = build_backend(tier, settings, os.environ)
+    probes = probe_settings(settings.cascade.probes) if needed_probes(features) else None
+
+    async def run() -> list[TierOutput]:
+        try:
+            return await answer_all(items, tier, backend, max_tokens=max_tokens, probes=probes,
+                                    log=log)
+        finally:
+            await backend.aclose()
+
+    outs = asyncio.run(run())
+    if labels is not None:
+        outs = [_relabel(o, it.id, labels) for o, it in zip(outs, items, strict=True)]
+    return rows_from_outputs(outs, features, data=data, max_tokens=max_tokens)
+
+
+def _relabel(out: TierOutput, rid: str, labels: dict[str, tuple[bool, str]] | None
+             ) -> TierOutput:
+    from dataclasses import replace
+
+    if labels is None:
+        return out
+    if rid not in labels:
+        raise InputError(f"--labels: no label for id {rid!r}")
+    return replace(out, correct=labels[rid][0])
+
+
+def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
+                  features: Sequence[str], *, limit: int | None = None) -> LearningRows:
+    """Tier-0 attempts of a decision log that carry `features` (serve logs them for every
+    judged answer), labelled by --labels (by request id) or by the shadow sample's agreement
+    with the top tier (`shadow.agree`) where the request was shadow-sampled."""
+    from router.learned_fit import usable_features
+
+    rows: list[dict[str, float]] = []
+    correct: list[bool] = []
+    model = tier = None
+    for lineno, rec in read_jsonl(path):
+        w = f"{path}:{lineno}"
+        attempts = rec.get("tiers")
+        if not isinstance(attempts, list):
+            raise InputError(f"{w}: not a decision-log record (needs 'tiers')")
+        att = next((a for a in attempts if isinstance(a, dict)
+                    and a.get("outcome") in SCORED_OUTCOMES), None)
+        if att is None or not isinstance(att.get("features"), dict):
+            continue
+        rid = str(rec.get("id", ""))
+        label: bool | None = None
+        if labels is not None and rid in labels:
+            label = labels[rid][0]
+        elif isinstance(rec.get("shadow"), dict) and isinstance(rec["shadow"].get("agree"),
+                                                                 bool):
+            label = bool(rec["shadow"]["agree"])
+        if label is None:
+            continue
+        rows.append({str(k): (math.nan if v is None else float(v))
+                     for k, v in att["features"].items()})
+        correct.append(label)
+        model, tier = str(att.get("model")), str(att.get("tier"))
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise InputError(f"{path}: no labelled tier-0 answer with logged features (serve logs "
+                         "features for every judged answer; label them with --labels by "
+                         "request id, or sample them with cascade.shadow)")
+    assert model is not None and tier is not None
+    cols = {f: np.array([r.get(f, math.nan) for r in rows]) for f in features}
+    x = np.stack([cols[f] for f in features], axis=1)
+    used = usable_features(x, features)
+    if not used:
+        raise InputError(f"{path}: none of the features {', '.join(features)} was logged")
+    return LearningRows(x=np.stack([cols[f] for f in used], axis=1),
+                        correct=np.array(correct, dtype=bool), features=used, model=model,
+                        tier=tier, data=str(path))

@@ -6,6 +6,7 @@
     {"kind": "letters", "value": "tac"}                   the letters appear in order as one word,
                                                           optionally spaced/hyphenated: t-a-c
     {"kind": "keywords", "groups": [["refund"], ["order", "days"]]}   every group has one hit
+    {"kind": "yesno", "value": true}                      the first yes/no word is "yes"
 
 `check_answer(check, text) -> bool`; `validate_check(check) -> str | None` (an error message).
 """
@@ -17,10 +18,13 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-CHECK_KINDS = ("number", "contains", "exact", "letters", "keywords")
+CHECK_KINDS = ("number", "contains", "exact", "letters", "keywords", "yesno")
 MAX_NUMBERS = 4  # more distinct numbers than this is an enumeration, not an answer
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+_YES_NO = re.compile(r"(?<![a-z])(yes|no)(?![a-z])")
 
 
 def fold(text: str) -> str:
@@ -58,6 +62,9 @@ def validate_check(check: Any) -> str | None:
     elif kind == "letters":
         if not isinstance(check.get("value"), str) or not check["value"]:
             return "a letters check needs a string 'value'"
+    elif kind == "yesno":
+        if not isinstance(check.get("value"), bool):
+            return "a yesno check needs a boolean 'value'"
     else:
         groups = check.get("groups")
         if (not isinstance(groups, list) or not groups
@@ -85,6 +92,9 @@ def check_answer(check: Mapping[str, Any], text: str) -> bool:
         letters = [re.escape(c) for c in fold(str(check["value"]))]
         pattern = r"(?<![a-z])" + r"[\s\-,.'\"]*".join(letters) + r"(?![a-z])"
         return re.search(pattern, fold(text)) is not None
+    if kind == "yesno":
+        first = _YES_NO.search(fold(text))
+        return first is not None and (first.group(1) == "yes") == bool(check["value"])
     if kind == "keywords":
         folded = fold(text)
         return all(any(_has_phrase(folded, fold(w)) for w in group) for group in check["groups"])

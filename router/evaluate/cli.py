@@ -33,6 +33,17 @@ def add_parser(subparsers: Any) -> None:
                    help="config file (default: the repo's config.yaml)")
     p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
     p.add_argument("--seed", type=int, default=None, help="seed of the built-in set (0)")
+    p.add_argument("--set", dest="evalset", choices=("builtin", "heldout"), default="builtin",
+                   help="which generated set without --data: builtin (arithmetic, units, "
+                        "strings, capitals, support) or heldout (word problems, facts, yes/no, "
+                        "letters, other support intents), to test generalisation")
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="also fit a learned rule on this data and report its K-fold "
+                        "out-of-fold signal (learned_cvK): each prompt scored by a rule that "
+                        "never saw it")
+    p.add_argument("--no-probes", action="store_true",
+                   help="do not run the confidence probes (verification, sampling, prompt "
+                        "familiarity) when running the models")
     p.add_argument("--size", type=int, default=None, help="size of the built-in set (80)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="answer length (default 24; rows may set their own max_tokens)")
@@ -45,7 +56,9 @@ def add_parser(subparsers: Any) -> None:
                      help="JSONL {'id': ..., 'good': true|false} of documents")
     sel.add_argument("--scores", type=Path, metavar="PARQUET",
                      help="a `router select` scores.parquet (or its output directory)")
-    sel.add_argument("--policy", type=Path, help="selection policy file")
+    p.add_argument("--policy", type=Path, action="append",
+                   help="a policy file whose own signal is reported beside every single "
+                        "signal (repeatable); with --selection, the selection policy")
     sel.add_argument("--keep-fraction", type=float, metavar="F",
                      help="instead of --policy: keep the top fraction F by --signal")
     p.set_defaults(func=eval_main)
@@ -72,8 +85,11 @@ def eval_main(args: argparse.Namespace) -> int:
         raise InputError("--out DIR is required")
     from router.calibrate.sources import check_signal_name
     from router.evalset import DEFAULT_MAX_TOKENS, DEFAULT_SEED, DEFAULT_SIZE, generate
+    from router.evalset.heldout import generate_heldout
     from router.evaluate.data import load_items, load_recorded, write_recorded
     from router.evaluate.report import EVAL_SIGNALS, evaluate, format_table, plot_html
+    from router.policy import load_policy
+    from router.probes import probe_settings
 
     rates = _rates(args.rates)
     specs = tuple(check_signal_name(s) for s in args.signal) if args.signal else EVAL_SIGNALS
@@ -97,14 +113,17 @@ def eval_main(args: argparse.Namespace) -> int:
             data = str(args.data)
         else:
             seed = DEFAULT_SEED if args.seed is None else args.seed
-            items = generate(seed, args.limit or args.size or DEFAULT_SIZE)
-            data = f"builtin(seed={seed}, n={len(items)})"
+            make = generate_heldout if args.evalset == "heldout" else generate
+            items = make(seed, args.limit or args.size or DEFAULT_SIZE)
+            data = f"{args.evalset}(seed={seed}, n={len(items)})"
         backends = build_backends(settings, os.environ)
 
         async def run() -> Any:
             try:
+                probes = None if args.no_probes else probe_settings(settings.cascade.probes)
                 return await run_tiers(items, settings, backends,
-                                       max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, log=_log)
+                                       max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+                                       probes=probes, log=_log)
             finally:
                 for b in backends.values():
                     await b.aclose()
@@ -113,7 +132,11 @@ def eval_main(args: argparse.Namespace) -> int:
         records = load_recorded(outputs)  # the figures come from exactly what was recorded
     if not records:
         raise InputError("no prompts to evaluate")
-    report = evaluate(records, specs=specs, rates=rates, data=data)
+    policies = [load_policy(p).for_serving() for p in args.policy or ()]
+    if args.cv is not None and args.cv < 2:
+        raise InputError(f"--cv must be at least 2, got {args.cv}")
+    report = evaluate(records, specs=specs, rates=rates, data=data, policies=policies,
+                      cv_folds=args.cv)
     out.mkdir(parents=True, exist_ok=True)
     if args.recorded is not None and args.recorded.resolve() != outputs.resolve():
         write_recorded(outputs, records)
@@ -136,8 +159,10 @@ def _selection_main(args: argparse.Namespace) -> int:
     scores = args.scores / "scores.parquet" if args.scores.is_dir() else args.scores
     if not scores.exists():
         raise InputError(f"{scores}: no such file")
+    if args.policy is not None and len(args.policy) > 1:
+        raise InputError("selection evaluation takes one --policy")
     if args.policy is not None:
-        policy = load_policy(args.policy)
+        policy = load_policy(args.policy[0])
         if args.signal:
             from router.calibrate.sources import check_signal_name
 

@@ -8,15 +8,18 @@ Prompt set (JSONL), one object a line:
     {"prompt": "..."}                                       unlabelled: calibration only
 Recorded outputs (`outputs.jsonl`, written by `router eval`): the prompt row plus
     "tiers": [{"tier", "model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
-               "cost_usd", "correct", "logprobs", "token_bytes", "top_logprobs"}, ...]
-in cascade order; a row without a check must carry each tier's "correct".
+               "cost_usd", "correct", "logprobs", "token_bytes", "top_logprobs",
+               "features": {name: value}, "probe_costs": {probe: {"tokens", "seconds"}}}, ...]
+in cascade order; a row without a check must carry each tier's "correct". `features` holds
+the probe signals (router.probes) of every tier that can escalate; null is a missing value.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,8 @@ class TierOutput:
     logprobs: TokenLogprobs
     correct: bool
     error: str | None = None
+    features: Mapping[str, float] = field(default_factory=dict)  # probe signals
+    probe_costs: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # tokens, s
 
     def to_json(self) -> dict[str, Any]:
         lp = self.logprobs
@@ -128,6 +133,12 @@ class TierOutput:
         }
         if self.error:
             out["error"] = self.error
+        if self.features:
+            out["features"] = {k: (round(v, 6) if math.isfinite(v) else None)
+                               for k, v in self.features.items()}
+        if self.probe_costs:
+            out["probe_costs"] = {k: {"tokens": t, "seconds": round(sec, 4)}
+                                  for k, (t, sec) in self.probe_costs.items()}
         return out
 
 
@@ -178,13 +189,37 @@ def _tier_output(raw: Any, item: EvalItem, where: str) -> TierOutput:
         correct = label
     lp = (TokenLogprobs.from_lists(lps, [int(b) for b in nbytes], top) if lps else
           TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64)))
+    features, costs = _features(raw, w)
     return TierOutput(
         tier=name, model=str(raw.get("model", name)), text=text,
         finish_reason=str(raw.get("finish_reason", "stop")),
         prompt_tokens=int(raw.get("prompt_tokens", 0)),
         completion_tokens=int(raw.get("completion_tokens", len(lps))),
         cost_usd=float(raw.get("cost_usd", 0.0)), logprobs=lp, correct=correct,
-        error=raw.get("error"))
+        error=raw.get("error"), features=features, probe_costs=costs)
+
+
+def _features(raw: Mapping[str, Any], where: str
+              ) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
+    feats_raw = raw.get("features") or {}
+    costs_raw = raw.get("probe_costs") or {}
+    if not isinstance(feats_raw, Mapping) or not isinstance(costs_raw, Mapping):
+        raise InputError(f"{where}: 'features' and 'probe_costs' must be objects")
+    features: dict[str, float] = {}
+    for k, v in feats_raw.items():
+        if v is None:
+            features[str(k)] = math.nan
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            features[str(k)] = float(v)
+        else:
+            raise InputError(f"{where}: features.{k} must be a number or null")
+    costs: dict[str, tuple[int, float]] = {}
+    for k, v in costs_raw.items():
+        if not isinstance(v, Mapping) or not isinstance(v.get("tokens"), int) or not isinstance(
+                v.get("seconds"), int | float):
+            raise InputError(f"{where}: probe_costs.{k} must be {{tokens: int, seconds: n}}")
+        costs[str(k)] = (int(v["tokens"]), float(v["seconds"]))
+    return features, costs
 
 
 def load_recorded(path: Path) -> list[Recorded]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from router.evaluate import metrics_math as mm
 from router.evaluate.data import Recorded
+from router.learned import LearnedSignal, feature_matrix, feature_spec
+from router.learned_fit import DEFAULT_FEATURES
+from router.policy import Policy
+from router.probes import PROBE_FEATURES, needed_probes
 from router.scoring import DEFAULT_SIGNALS, SCORER_VERSION, SignalSpec, score_sequences
 
 EVAL_SIGNALS: tuple[SignalSpec, ...] = (
@@ -30,11 +34,63 @@ def _j(x: float) -> float | None:
 
 
 def signal_values(records: Sequence[Recorded],
-                  specs: Sequence[SignalSpec] = EVAL_SIGNALS) -> dict[str, np.ndarray]:
-    """Every signal of tier 0's answers: {signal key: (n,) scores}."""
-    first = records[0].outputs[0]
-    result = score_sequences(first.model, [r.outputs[0].logprobs for r in records], specs)
-    return {s.key: result.signal(s) for s in specs}
+                  specs: Sequence[SignalSpec] = EVAL_SIGNALS, *,
+                  tier: int = 0) -> dict[str, np.ndarray]:
+    """Every signal of one tier's answers: {signal key: (n,) scores}: the token-logprob signals
+    from the shared scorer, then every probe feature the recording carries."""
+    first = records[0].outputs[tier]
+    result = score_sequences(first.model, [r.outputs[tier].logprobs for r in records], specs)
+    out = {s.key: result.signal(s) for s in specs}
+    present = {k for r in records for k in r.outputs[tier].features}
+    for name in PROBE_FEATURES:
+        if name in present:
+            out[name] = np.array([r.outputs[tier].features.get(name, math.nan)
+                                  for r in records], dtype=np.float64)
+    return out
+
+
+def probe_costs(records: Sequence[Recorded], tier: int = 0) -> dict[str, tuple[float, float]]:
+    """Mean extra tier tokens and seconds per request of each probe in the recording."""
+    out: dict[str, tuple[float, float]] = {}
+    probes = {k for r in records for k in r.outputs[tier].probe_costs}
+    for probe in sorted(probes):
+        spent = [r.outputs[tier].probe_costs.get(probe, (0, 0.0)) for r in records]
+        out[probe] = (float(np.mean([t for t, _ in spent])), float(np.mean([s for _, s in spent])))
+    return out
+
+
+def feature_cost(features: Sequence[str], costs: Mapping[str, tuple[float, float]]
+                 ) -> tuple[float, float]:
+    """Extra (tokens, seconds) per request to compute `features` (each probe counted once)."""
+    spent = [costs.get(p, (0.0, 0.0)) for p in sorted(needed_probes(features))]
+    return (sum(t for t, _ in spent), sum(s for _, s in spent))
+
+
+def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) -> np.ndarray:
+    """The policy's own confidence of every recorded answer (as `serve` computes it)."""
+    sig = policy.signal
+    if isinstance(sig, LearnedSignal):
+        specs = [s for s in sig.token_specs if s is not None]
+        cols = signal_values(records, specs, tier=tier) if specs else {}
+        x = feature_matrix(cols, [r.outputs[tier].features for r in records], sig.features)
+        return sig.score_matrix(x)
+    return signal_values(records, [sig], tier=tier)[sig.key]
+
+
+def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
+                      features: Sequence[str] = DEFAULT_FEATURES
+                      ) -> tuple[np.ndarray, list[str]]:
+    """Out-of-fold scores of a learned rule fitted on this recording (k-fold, stratified)."""
+    from router.learned_fit import out_of_fold, usable_features
+
+    specs = [s for s in (feature_spec(f) for f in features) if s is not None]
+    cols = signal_values(records, specs, tier=tier)
+    feats = [r.outputs[tier].features for r in records]
+    x = feature_matrix(cols, feats, features)
+    used = usable_features(x, features)
+    x = feature_matrix(cols, feats, used)
+    y = np.array([r.outputs[tier].correct for r in records], dtype=bool)
+    return out_of_fold(x, y, used, folds=folds), used
 
 
 def _points(curve: np.ndarray, cost: np.ndarray, rates: Sequence[float], p_small: float,
@@ -51,25 +107,49 @@ def _points(curve: np.ndarray, cost: np.ndarray, rates: Sequence[float], p_small
     return out
 
 
+def _tier_summary(records: Sequence[Recorded], t: int) -> dict[str, Any]:
+    outs = [r.outputs[t] for r in records]
+    return {"tier": outs[0].tier, "model": outs[0].model,
+            "accuracy": _j(float(np.mean([o.correct for o in outs]))),
+            "cost_per_prompt": _j(float(np.mean([o.cost_usd for o in outs]))),
+            "errors": sum(o.error is not None for o in outs),
+            "truncated": sum(o.finish_reason == "length" for o in outs)}
+
+
 def evaluate(records: Sequence[Recorded], *, specs: Sequence[SignalSpec] = EVAL_SIGNALS,
-             rates: Sequence[float] = mm.RATES, data: str = "") -> dict[str, Any]:
-    """The report of a set of recorded outputs (see module docstring)."""
-    n = len(records)
-    small_ok = np.array([r.outputs[0].correct for r in records], dtype=np.float64)
-    large_ok = np.array([r.outputs[-1].correct for r in records], dtype=np.float64)
-    small_cost = np.array([r.outputs[0].cost_usd for r in records], dtype=np.float64)
-    large_cost = np.array([r.outputs[-1].cost_usd for r in records], dtype=np.float64)
+             rates: Sequence[float] = mm.RATES, data: str = "",
+             policies: Sequence[Policy] = (), cv_folds: int | None = None) -> dict[str, Any]:
+    """The report of a set of recorded outputs: tier 0 against the last tier, and with more
+    than two tiers every adjacent pair under "pairs" (see module docstring). `policies` add
+    their own signal (`policy:NAME`); `cv_folds` adds a learned rule's out-of-fold signal
+    (`learned_cv`), fitted on this very recording without the rows it scores."""
+    tiers = [_tier_summary(records, t) for t in range(len(records[0].outputs))]
+    last = len(tiers) - 1
+    report = _pair(records, 0, last, specs=specs, rates=rates, policies=policies,
+                   cv_folds=cv_folds)
+    report = {"data": data, "n": len(records), "scorer_version": SCORER_VERSION,
+              "small": tiers[0], "large": tiers[-1], "tiers": tiers, "rates": list(rates),
+              **report}
+    if last > 1:
+        report["pairs"] = [
+            {"small": tiers[t], "large": tiers[t + 1],
+             **_pair(records, t, t + 1, specs=specs, rates=rates, policies=policies,
+                     cv_folds=cv_folds)}
+            for t in range(last)]
+    return report
+
+
+def _pair(records: Sequence[Recorded], lo: int, hi: int, *, specs: Sequence[SignalSpec],
+          rates: Sequence[float], policies: Sequence[Policy], cv_folds: int | None
+          ) -> dict[str, Any]:
+    """Deferral from tier `lo` (its answers' signals decide) to tier `hi`."""
+    small_ok = np.array([r.outputs[lo].correct for r in records], dtype=np.float64)
+    large_ok = np.array([r.outputs[hi].correct for r in records], dtype=np.float64)
+    small_cost = np.array([r.outputs[lo].cost_usd for r in records], dtype=np.float64)
+    large_cost = np.array([r.outputs[hi].cost_usd for r in records], dtype=np.float64)
     p_small, p_large = float(small_ok.mean()), float(large_ok.mean())
     c_large = float(large_cost.mean())
-
-    tiers = []
-    for t in range(len(records[0].outputs)):
-        outs = [r.outputs[t] for r in records]
-        tiers.append({"tier": outs[0].tier, "model": outs[0].model,
-                      "accuracy": _j(float(np.mean([o.correct for o in outs]))),
-                      "cost_per_prompt": _j(float(np.mean([o.cost_usd for o in outs]))),
-                      "errors": sum(o.error is not None for o in outs),
-                      "truncated": sum(o.finish_reason == "length" for o in outs)})
+    n = len(records)
 
     fraction = np.arange(n + 1) / n
     rand = mm.random_curve(small_ok, large_ok)
@@ -81,22 +161,35 @@ def evaluate(records: Sequence[Recorded], *, specs: Sequence[SignalSpec] = EVAL_
         "fraction": [_j(x) for x in fraction], "random": [_j(x) for x in rand],
         "oracle": [_j(x) for x in orac]}
 
+    costs = probe_costs(records, lo)
+    columns: dict[str, tuple[np.ndarray, Sequence[str]]] = {
+        k: (v, [k]) for k, v in signal_values(records, specs, tier=lo).items()}
+    for policy in policies:
+        sig = policy.signal
+        feats: Sequence[str] = sig.features if isinstance(sig, LearnedSignal) else [sig.key]
+        columns[f"policy:{policy.name}"] = (policy_scores(policy, records, lo), feats)
+    if cv_folds:
+        cv, used = learned_cv_scores(records, lo, cv_folds)
+        columns[f"learned_cv{cv_folds}"] = (cv, used)
+
     signals: dict[str, Any] = {}
-    for key, scores in signal_values(records, specs).items():
+    for key, (scores, used_features) in columns.items():
         curve = mm.deferral_curve(scores, small_ok, large_ok)
         cost = mm.cascade_cost_curve(scores, small_cost, large_cost)
         area = mm.curve_area(curve)
+        extra_tokens, extra_s = feature_cost(used_features, costs)
         signals[key] = {
             "auroc": _j(mm.auroc(scores, small_ok)),
             "area": _j(area),
             "area_gain": _j((area - a_rand) / (a_orac - a_rand)) if a_orac > a_rand else None,
             "points": _points(curve, cost, rates, p_small, p_large, c_large),
+            "extra_tokens": _j(extra_tokens), "extra_seconds": _j(extra_s),
         }
+        if len(used_features) > 1:
+            signals[key]["features"] = list(used_features)
         curves[key] = [_j(x) for x in curve]
     ranked = sorted(signals, key=lambda k: -(signals[k]["area"] or -math.inf))
     return {
-        "data": data, "n": n, "scorer_version": SCORER_VERSION,
-        "small": tiers[0], "large": tiers[-1], "tiers": tiers, "rates": list(rates),
         "baselines": {
             "small_only": {"quality": _j(p_small), "cost_per_prompt": _j(float(small_cost.mean()))},
             "large_only": {"quality": _j(p_large), "cost_per_prompt": _j(c_large)},
@@ -105,6 +198,7 @@ def evaluate(records: Sequence[Recorded], *, specs: Sequence[SignalSpec] = EVAL_
             "oracle": {"auroc": 1.0, "area": _j(a_orac),
                        "points": _points(orac, orac_cost, rates, p_small, p_large, c_large)},
         },
+        "probe_costs": {k: {"tokens": _j(t), "seconds": _j(sec)} for k, (t, sec) in costs.items()},
         "signals": signals, "best_signal": ranked[0] if ranked else None, "curves": curves,
     }
 
@@ -127,20 +221,38 @@ def format_table(report: dict[str, Any]) -> str:
     if (large["accuracy"] or 0) <= (small["accuracy"] or 0):
         lines.append("  note: the large tier is not better than the small one on this data, "
                      "so PGR is undefined or negative")
+    lines += _signal_table(report, rates)
+    for pair in report.get("pairs", ()):
+        s, lg = pair["small"], pair["large"]
+        lines += ["", f"pair {s['tier']} ({s['model']}, {s['accuracy']:.3f}) -> "
+                      f"{lg['tier']} ({lg['model']}, {lg['accuracy']:.3f})"]
+        lines += _signal_table(pair, rates)
+    lines.append("")
+    lines.append("area: under the deferral curve (quality vs fraction escalated); gain: "
+                 "(area - random) / (oracle - random); cost: mean cost vs large-only; "
+                 "+tok/+ms: extra tier-0 tokens and milliseconds per request of the signal's "
+                 "probes")
+    return "\n".join(lines)
+
+
+def _signal_table(report: Mapping[str, Any], rates: Sequence[float]) -> list[str]:
     pct = [f"{round(r * 100)}%" for r in rates]
-    head = (f"{'signal':<24}{'AUROC':>7}{'area':>7}{'gain':>7}"
+    head = (f"{'signal':<26}{'AUROC':>7}{'area':>7}{'gain':>7}"
             + "".join(f"{'Q@' + p:>8}" for p in pct) + "".join(f"{'PGR@' + p:>9}" for p in pct)
-            + f"{'cost@' + pct[min(2, len(pct) - 1)]:>10}")
-    lines += ["", head, "-" * len(head)]
+            + f"{'cost@' + pct[min(2, len(pct) - 1)]:>10}{'+tok':>7}{'+ms':>7}")
+    lines = ["", head, "-" * len(head)]
     ci = min(2, len(rates) - 1)
 
-    def row(name: str, s: dict[str, Any]) -> str:
+    def row(name: str, s: Mapping[str, Any]) -> str:
         pts = s["points"]
-        return (f"{name:<24}{_f(s.get('auroc'), 7)}{_f(s.get('area'), 7)}"
+        ms = s.get("extra_seconds")
+        return (f"{name:<26}{_f(s.get('auroc'), 7)}{_f(s.get('area'), 7)}"
                 f"{_f(s.get('area_gain'), 7, 2)}"
                 + "".join(_f(p["quality"], 8) for p in pts)
                 + "".join(_f(p["pgr"], 9, 2) for p in pts)
-                + f"{_f(pts[ci]['cost_vs_large'], 10, 2)}")
+                + f"{_f(pts[ci]['cost_vs_large'], 10, 2)}"
+                + f"{_f(s.get('extra_tokens'), 7, 0)}"
+                + f"{_f(None if ms is None else ms * 1000, 7, 0)}")
 
     for key, s in sorted(report["signals"].items(), key=lambda kv: -(kv[1]["area"] or -9)):
         lines.append(row(key, s))
@@ -148,10 +260,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("-" * len(head))
     lines.append(row("random (floor)", {**b["random"], "area_gain": 0.0}))
     lines.append(row("oracle (ceiling)", {**b["oracle"], "area_gain": 1.0}))
-    lines.append("")
-    lines.append("area: under the deferral curve (quality vs fraction escalated); gain: "
-                 "(area - random) / (oracle - random); cost: mean cost vs large-only")
-    return "\n".join(lines)
+    return lines
 
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",

@@ -44,7 +44,11 @@ def test_sample_corpus_kept_set_is_mostly_prose(tmp_path: Path,
     # corrupted text (shuffled words, random characters) is never kept; fluent boilerplate
     # (cookie banners) is as familiar to the model as prose, so precision is not 1
     assert "shuffled" not in kept and "random" not in kept
-    assert precision >= 0.75, precision
+    # prose is 40 of the 76 scorable documents (0.53); the kept half is mostly prose (0.77 on
+    # one build). Prose and boilerplate sit close together at the cut, so another llama.cpp
+    # build may swap a borderline document or three: the bound leaves that room
+    base_rate = sum(k == "prose" for k in truth.values()) / len(truth)
+    assert precision > base_rate + 0.12, (precision, base_rate)
     stats = json.loads((out / "stats.json").read_text())
     c = stats["counts"]
     assert c["input"] == 80 == c["kept"] + c["dropped"] + c["rejected"]

@@ -1,5 +1,5 @@
 """End to end: the official `openai` client against a running `router serve` on the embedded
-SmolLM2 -> Gemma 3 cascade. Accept and escalation are forced with thresholds: one server
+SmolLM2 -> Qwen2.5-Coder-1.5B cascade. Accept and escalation are forced with thresholds: one server
 accepts everything (escalate_below -100), one escalates everything (escalate_below +1)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from router.serve import create_app
 from tests.harness.server_thread import ServerThread
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
-SMALL, LARGE = "smollm2-135m-instruct", "gemma3-270m"
+SMALL, LARGE = "smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -1,0 +1,183 @@
+"""A learned deferral rule: a logistic regression over named confidence features.
+
+Gupta et al. (ICLR 2024) found that quantiles of token probabilities combined by a small learned
+rule beat any single signal. `router calibrate --learn` fits the weights (scikit-learn, at
+calibration time only); here they are applied with numpy, so `serve` never imports scikit-learn:
+
+    score = intercept + sum_j weights[j] * (x_j - center[j]) / scale[j]
+
+is the log-odds that tier 0's answer is correct (higher = more confident, like every signal).
+A missing feature (NaN: e.g. no yes/no among the verifier's top tokens) contributes nothing: it
+is replaced by its center, the training mean. In a policy file:
+
+```yaml
+signal:
+  name: learned
+  features: [quantile_logprob_q0.1, verify_p_yes, consistency]
+  center: [-1.9, 0.61, 0.55]
+  scale: [0.8, 0.2, 0.35]
+  weights: [0.9, 0.4, 1.3]
+  intercept: -0.2
+  fitted: {model: smollm2-135m-instruct, scorer_version: "1.0", data: ..., n: 80, cv_auroc: 0.86}
+```
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router.errors import PolicyError, ScoringError
+from router.probes import is_probe_feature
+from router.scoring import SignalSpec
+
+LEARNED = "learned"
+
+
+def feature_spec(name: str) -> SignalSpec | None:
+    """The token-logprob signal behind a feature name, or None for a probe feature; an unknown
+    name is an error. Example: "quantile_logprob_q0.25" -> SignalSpec(q=0.25)."""
+    if is_probe_feature(name):
+        return None
+    return SignalSpec.parse(name)
+
+
+@dataclass(frozen=True)
+class LearnedSignal:
+    """Logistic-regression weights over standardised features (see the module docstring)."""
+
+    features: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    intercept: float
+    fitted: Mapping[str, Any] = field(default_factory=dict)
+
+    name = LEARNED
+    q = math.nan
+
+    def __post_init__(self) -> None:
+        d = len(self.features)
+        if d == 0:
+            raise PolicyError("a learned signal needs at least one feature")
+        for key in ("center", "scale", "weights"):
+            vals = getattr(self, key)
+            if len(vals) != d:
+                raise PolicyError(f"learned signal: {key} has {len(vals)} values for {d} "
+                                  "features")
+            if not all(math.isfinite(v) for v in vals):
+                raise PolicyError(f"learned signal: {key} must be finite numbers")
+        if any(s <= 0 for s in self.scale):
+            raise PolicyError("learned signal: every scale must be positive")
+        if len(set(self.features)) != d:
+            raise PolicyError("learned signal: features must be distinct")
+        for f in self.features:
+            try:
+                feature_spec(f)
+            except ScoringError as exc:
+                raise PolicyError(f"learned signal: feature {f!r}: {exc.message}") from None
+
+    @property
+    def key(self) -> str:
+        return LEARNED
+
+    @property
+    def needs_top_k(self) -> bool:
+        return any(s is not None and s.needs_top_k for s in self.token_specs)
+
+    @property
+    def token_specs(self) -> tuple[SignalSpec | None, ...]:
+        """Per feature, its token-logprob signal (None for probe features)."""
+        return tuple(feature_spec(f) for f in self.features)
+
+    @property
+    def probe_features(self) -> tuple[str, ...]:
+        return tuple(f for f in self.features if is_probe_feature(f))
+
+    def score_matrix(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(n, d) feature rows in `features` order -> (n,) log-odds of a correct answer.
+
+        >>> s = LearnedSignal(("consistency", "truncated"), (0.5, 0.0), (0.25, 1.0),
+        ...                   (2.0, -1.0), 0.5)
+        >>> s.score_matrix([[1.0, 0.0], [0.25, 1.0], [float("nan"), 0.0]]).tolist()
+        [4.5, -2.5, 0.5]
+        """
+        m = np.asarray(x, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != len(self.features):
+            raise ScoringError(f"learned signal: expected (n, {len(self.features)}) features, "
+                               f"got {m.shape}")
+        z = (m - np.asarray(self.center)) / np.asarray(self.scale)
+        z = np.where(np.isfinite(z), z, 0.0)  # a missing feature sits at its training mean
+        return np.asarray(z @ np.asarray(self.weights) + self.intercept, dtype=np.float64)
+
+    def score(self, values: Mapping[str, float]) -> float:
+        """One request's log-odds from a `name -> value` mapping (missing names are NaN)."""
+        row = [[float(values.get(f, math.nan)) for f in self.features]]
+        return float(self.score_matrix(row)[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": LEARNED, "features": list(self.features),
+                "center": [float(v) for v in self.center],
+                "scale": [float(v) for v in self.scale],
+                "weights": [float(v) for v in self.weights],
+                "intercept": float(self.intercept), "fitted": dict(self.fitted)}
+
+
+def learned_from_dict(raw: Mapping[str, Any], where: str) -> LearnedSignal:
+    """A policy file's `signal: {name: learned, ...}` mapping -> LearnedSignal."""
+    allowed = {"name", "features", "center", "scale", "weights", "intercept", "fitted"}
+    extra = set(raw) - allowed
+    if extra:
+        raise PolicyError(f"{where}: signal.{sorted(extra)[0]} is not a key of a learned "
+                          f"signal (keys: {', '.join(sorted(allowed))})")
+    for key in ("features", "center", "scale", "weights", "intercept"):
+        if key not in raw:
+            raise PolicyError(f"{where}: a learned signal needs signal.{key}")
+
+    def numbers(key: str) -> tuple[float, ...]:
+        vals = raw[key]
+        if not isinstance(vals, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            raise PolicyError(f"{where}: signal.{key} must be a list of numbers")
+        return tuple(float(v) for v in vals)
+
+    feats = raw["features"]
+    if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
+        raise PolicyError(f"{where}: signal.features must be a list of signal names")
+    intercept = raw["intercept"]
+    if isinstance(intercept, bool) or not isinstance(intercept, int | float):
+        raise PolicyError(f"{where}: signal.intercept must be a number")
+    fitted = raw.get("fitted") or {}
+    if not isinstance(fitted, Mapping):
+        raise PolicyError(f"{where}: signal.fitted must be a mapping")
+    try:
+        return LearnedSignal(tuple(feats), numbers("center"), numbers("scale"),
+                             numbers("weights"), float(intercept), dict(fitted))
+    except PolicyError as exc:
+        raise PolicyError(f"{where}: {exc.message}") from None
+
+
+def feature_matrix(token_signals: Mapping[str, npt.NDArray[np.float64]],
+                   probe_values: Sequence[Mapping[str, float]],
+                   features: Sequence[str]) -> npt.NDArray[np.float64]:
+    """(n, d) rows: token-logprob signals by key (each an (n,) column) and probe features per
+    row. Example: ({"mean_logprob": [-1, -2]}, [{"consistency": 1}, {}],
+    ["mean_logprob", "consistency"]) -> [[-1, 1], [-2, nan]]."""
+    n = len(probe_values)
+    cols = []
+    for f in features:
+        if is_probe_feature(f):
+            cols.append(np.array([float(v.get(f, math.nan)) for v in probe_values]))
+        elif f in token_signals:
+            col = np.asarray(token_signals[f], dtype=np.float64)
+            if col.shape != (n,):
+                raise ScoringError(f"feature {f}: {col.shape[0]} values for {n} rows")
+            cols.append(col)
+        else:
+            raise ScoringError(f"feature {f} was not computed")
+    return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
