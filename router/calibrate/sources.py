@@ -11,7 +11,7 @@ import numpy as np
 
 from router.backends import Backend
 from router.config import Settings
-from router.errors import InputError, RouterError
+from router.errors import InputError
 from router.evalset import EvalItem, check_answer
 from router.evaluate.data import read_jsonl
 from router.evaluate.run import request_for
@@ -118,9 +118,3 @@ def attach_labels(scored: Scored, labels: dict[str, tuple[bool, str]] | None,
                              "(risk control needs every answer labelled)")
     return out
 
-
-def check_signal_name(text: str) -> SignalSpec:
-    try:
-        return SignalSpec.parse(text)
-    except RouterError as exc:
-        raise InputError(f"--signal: {exc.message}") from None
