@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from router.decision import escalates, scorable
 from router.errors import PolicyError
 from router.policy import Policy, TargetRateRule, ThresholdRule
 from router.scoring import SignalSpec
@@ -46,7 +47,7 @@ class ThresholdDecider:
         return self._threshold
 
     def decide(self, score: float) -> bool:
-        return not math.isfinite(score) or score < self._threshold
+        return escalates(score, self._threshold)
 
 
 class TargetRateDecider:
@@ -84,9 +85,9 @@ class TargetRateDecider:
         return value
 
     def decide(self, score: float) -> bool:
-        if not math.isfinite(score):
-            return True  # NaN: nothing to score; not part of the distribution
-        escalate = score < self.threshold
+        escalate = escalates(score, self.threshold)
+        if not scorable(score):
+            return escalate  # nothing to score: not part of the window either
         self._buf[self._n % len(self._buf)] = score
         self._n += 1
         if self._n > self.min_samples:
