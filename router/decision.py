@@ -33,7 +33,8 @@ def passes(scores: npt.ArrayLike, lo: npt.ArrayLike,
     Example: passes([-1, -3, nan], -2) -> [True, False, False].
     """
     s = np.asarray(scores, dtype=np.float64)
-    return np.asarray(np.isfinite(s) & (s >= lo) & (s <= hi), dtype=np.bool_)
+    low, high = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return np.asarray(np.isfinite(s) & (s >= low) & (s <= high), dtype=np.bool_)
 
 
 def escalates(score: float, threshold: float) -> bool:

@@ -62,7 +62,7 @@ LN2 = math.log(2.0)
 _T = TypeVar("_T")
 
 
-class _once(Generic[_T]):  # noqa: N801 - used like @property
+class _once(Generic[_T]):  # lower case: used like @property
     """An attribute computed on first use, then stored on the instance (what
     `functools.cached_property` does, without the lock it takes on Python 3.11)."""
 
@@ -252,7 +252,7 @@ def segment_mean(values: FloatArray, lengths: IntArray) -> FloatArray:
 
 
 def segment_min(values: FloatArray, lengths: IntArray) -> FloatArray:
-    """Per-sequence minimum; NaN for an empty sequence. Example: ([5, 1, 3, 9], [1, 3]) -> [5, 1]."""
+    """Per-sequence minimum; NaN for an empty one. Example: ([5, 1, 3, 9], [1, 3]) -> [5, 1]."""
     if len(lengths) == 1 and values.size:  # a batch of one
         return np.minimum.reduce(values, keepdims=True)
     out = np.full(len(lengths), np.nan)
@@ -273,10 +273,10 @@ def segment_quantile(values: FloatArray, lengths: IntArray, q: float) -> FloatAr
         return out
     if n == 1:  # a batch of one: one sort, scalar interpolation
         ranked = np.sort(values)
-        pos = q * (values.size - 1)
-        lo = math.floor(pos)
-        frac = pos - lo
-        out[0] = ranked[lo] * (1.0 - frac) + ranked[min(lo + 1, values.size - 1)] * frac
+        at = q * (values.size - 1)
+        i = math.floor(at)
+        w = at - i
+        out[0] = ranked[i] * (1.0 - w) + ranked[min(i + 1, values.size - 1)] * w
         return out
     seg = np.repeat(np.arange(n), lengths)
     ranked = values[np.lexsort((values, seg))]  # sort by segment, then value

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from router import metrics
 from router.backends.base import Backend, Generation, GenerationRequest, StreamDelta, Usage
-from router.config import Settings, TierConfig
+from router.config import CascadeConfig, Settings, TierConfig
+from router.decision import early_escalates, rank, scorable
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
 from router.policy import load_policy
 from router.scoring import SignalSpec, TokenLogprobs, sequence_signal
@@ -162,12 +165,6 @@ class TokenBuffer:
         return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
 
 
-def confidence(model: str, lp: TokenLogprobs, spec: SignalSpec) -> float:
-    """The policy signal of one answer (NaN when it has no tokens)."""
-    del model  # one answer of one model: nothing to compare across models here
-    return sequence_signal(lp, spec)
-
-
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
     if isinstance(exc, RouterError):
         return exc
@@ -180,6 +177,131 @@ def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
 
 def _reason_for(err: RouterError) -> str:
     return "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
+
+
+# -- one tier's answer, as the tier loop sees it -----------------------------------------------
+
+
+@dataclass
+class Probe:
+    """As much of a tier's answer as the cascade has when it judges it."""
+
+    logprobs: TokenLogprobs
+    text: str | None = None  # the whole text; None while a stream is still incomplete
+    finish: str | None = None
+    usage: Usage | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.text is not None
+
+
+class TierCall(ABC):
+    """One call of one tier: `probe` fetches enough of the answer to judge it (`judged`) or
+    to commit to it (the last tier); `aclose` releases it. Subclasses: a whole answer (`run`),
+    a stream (`stream`)."""
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.attempt = Attempt(tier.name, tier.model)
+        self.started = time.perf_counter()
+
+    @abstractmethod
+    async def probe(self, *, judged: bool) -> Probe: ...
+
+    @property
+    @abstractmethod
+    def usage(self) -> Usage | None: ...
+
+    @property
+    @abstractmethod
+    def logprobs(self) -> TokenLogprobs:
+        """Every token received so far."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+class WholeAnswer(TierCall):
+    def __init__(self, tier: Tier, request: GenerationRequest) -> None:
+        super().__init__(tier)
+        self.request = request
+        self.generation: Generation | None = None
+
+    async def probe(self, *, judged: bool) -> Probe:
+        gen = self.generation = await self.tier.backend.generate(self.request)
+        return Probe(gen.logprobs, gen.text, gen.finish_reason, gen.usage)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.generation.usage if self.generation is not None else None
+
+    @property
+    def logprobs(self) -> TokenLogprobs:
+        assert self.generation is not None
+        return self.generation.logprobs
+
+
+class StreamedAnswer(TierCall):
+    """A tier's stream: the deltas received so far are `buffered`; `rest` streams the others."""
+
+    def __init__(self, tier: Tier, request: GenerationRequest, cfg: CascadeConfig) -> None:
+        super().__init__(tier)
+        self.cfg = cfg
+        self.buffered: list[StreamDelta] = []
+        self._it = tier.backend.stream(request)
+        self._done = False
+
+    async def probe(self, *, judged: bool) -> Probe:
+        if not judged:  # the last tier: its first delta, so a failure before any byte falls back
+            async for delta in self._it:
+                self.buffered.append(delta)
+                break
+            return Probe(self.logprobs)
+        decider = self.tier.decider
+        assert decider is not None
+        parts = TokenBuffer()
+        finish: str | None = None
+        async for delta in self._it:
+            self.buffered.append(delta)
+            parts.append(delta.logprobs)
+            if delta.finish_reason is not None:
+                finish = delta.finish_reason
+                break
+            if parts.n >= self.cfg.stream_min_tokens and early_escalates(
+                    sequence_signal(parts.view(), self.tier.signal), decider.threshold):
+                break  # early escalation: judged (and rejected) on what came so far
+            if parts.n >= self.cfg.stream_buffer_tokens:
+                break
+        text = "".join(d.text for d in self.buffered) if finish is not None else None
+        return Probe(parts.view(), text, finish, self.usage)
+
+    async def rest(self) -> AsyncIterator[StreamDelta]:
+        """The deltas after the buffered ones (none once the stream is closed)."""
+        if self._done:
+            return
+        async for delta in self._it:
+            self.buffered.append(delta)
+            yield delta
+
+    @property
+    def usage(self) -> Usage | None:
+        for d in reversed(self.buffered):
+            if d.usage is not None:
+                return d.usage
+        return None
+
+    @property
+    def logprobs(self) -> TokenLogprobs:
+        return join_logprobs([d.logprobs for d in self.buffered])
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._it.aclose()  # type: ignore[attr-defined]
+
+
+Call = TypeVar("Call", bound=TierCall)
 
 
 class Cascade:
@@ -220,9 +342,9 @@ class Cascade:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _account(self, tier: Tier, attempt: Attempt, usage: Usage | None, started: float,
-                 n_tokens: int = 0) -> None:
-        attempt.latency_s = time.perf_counter() - started
+    def _account(self, call: TierCall, usage: Usage | None, n_tokens: int) -> None:
+        tier, attempt = call.tier, call.attempt
+        attempt.latency_s = time.perf_counter() - call.started
         pt = usage.prompt_tokens if usage else 0
         ct = usage.completion_tokens if usage else n_tokens
         attempt.prompt_tokens, attempt.completion_tokens = pt, ct
@@ -239,7 +361,7 @@ class Cascade:
         metrics.UPSTREAM_LATENCY.labels(tier.name, "error").observe(attempt.latency_s)
 
     def _escalate(self, out: Outcome, tier: Tier, attempt: Attempt, reason: str) -> None:
-        if attempt.outcome != "failed":
+        if attempt.outcome not in ("failed", "gated"):
             attempt.outcome = "escalated"
             metrics.WASTED_COST.labels(tier.model).inc(attempt.cost_usd)
         attempt.reason = reason
@@ -251,27 +373,38 @@ class Cascade:
             out.confidence = attempt.score
 
     def _score(self, tier: Tier, attempt: Attempt, lp: TokenLogprobs) -> float:
-        score = confidence(tier.model, lp, tier.signal)
-        attempt.score = score if math.isfinite(score) else None
-        if math.isfinite(score):
+        score = sequence_signal(lp, tier.signal)
+        attempt.score = score if scorable(score) else None
+        if scorable(score):
             metrics.CONFIDENCE.labels(tier.name).observe(score)
         return score
 
-    def _judge(self, tier: Tier, attempt: Attempt, score: float, text: str | None,
-               finish: str | None) -> str | None:
-        """None to accept, else the escalation reason (the decider records the score)."""
+    def _judge(self, tier: Tier, attempt: Attempt, probe: Probe) -> str | None:
+        """Score the probe; None to accept, else the escalation reason (the decider records
+        the score). The escalation rule: hard reasons first, then the policy's decision."""
         cfg = self.settings.cascade
         assert tier.decider is not None
+        score = self._score(tier, attempt, probe.logprobs)
         attempt.threshold = tier.decider.threshold
-        if text is not None and cfg.escalate_on_empty and not text.strip():
+        if probe.text is not None and cfg.escalate_on_empty and not probe.text.strip():
             return "empty"
-        if finish == "length" and cfg.escalate_on_length:
+        if probe.finish == "length" and cfg.escalate_on_length:
             return "truncated"
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
         return "low_confidence" if escalate else None
 
-    def _finish(self, out: Outcome, usage: Usage | None) -> None:
+    def _settle(self, out: Outcome, call: TierCall) -> None:
+        """The answering tier has delivered: account for it (a degraded answer was accounted
+        when it was rejected), score it if nothing judged it (the last tier), close the books."""
+        usage = call.usage
+        if not out.degraded:
+            lp = call.logprobs
+            self._account(call, usage, len(lp))
+            if call.attempt.outcome == "answered":
+                score = self._score(call.tier, call.attempt, lp)
+                if not out.escalated:
+                    out.confidence = score
         if usage is not None:
             out.counterfactual_cost_usd = self.top.config.price.cost(usage.prompt_tokens,
                                                                      usage.completion_tokens)
@@ -293,8 +426,8 @@ class Cascade:
             return False
         attempt.latency_s = time.perf_counter() - started
         metrics.UPSTREAM_LATENCY.labels(tier.name, "ok").observe(attempt.latency_s)
-        score = confidence(tier.model, lp, self.gate.signal)
-        attempt.score = score if math.isfinite(score) else None
+        score = sequence_signal(lp, self.gate.signal)
+        attempt.score = score if scorable(score) else None
         attempt.threshold = self.gate.threshold
         if self.gate.decide(score):
             out.attempts.append(attempt)
@@ -303,163 +436,90 @@ class Cascade:
             return True
         return False
 
-    def _plan(self, direct: Tier | None) -> list[Tier]:
-        return [direct] if direct is not None else list(self.tiers)
+    # -- the tier loop -------------------------------------------------------------------------
 
-    # -- whole answers -------------------------------------------------------------------------
+    async def _walk(self, plan: list[Tier], out: Outcome,
+                    start: Callable[[Tier], Call]) -> Call:
+        """THE tier loop of `run` and `stream`: call each tier of the plan in turn; judge every
+        answer but the last tier's; escalate on a failure or a rejection, else commit.
+
+        Returns the call that answers (accepted, the last tier, or with `degraded_fallback` the
+        best rejected whole answer once every later tier failed) with `out.tier` set; raises
+        the last tier's error when there is none. A rejected or failed call is closed here; the
+        returned one is the caller's to deliver, `_settle` and close.
+        """
+        rejected: list[Call] = []
+        err: RouterError | None = None
+        for tier in plan:
+            last = tier is plan[-1]
+            call = start(tier)
+            out.attempts.append(call.attempt)
+            try:
+                probe = await call.probe(judged=not last)
+            except Exception as exc:
+                await call.aclose()
+                err = _as_router_error(exc, tier)
+                self._failed(tier, call.attempt, err, call.started)
+                if not last:
+                    self._escalate(out, tier, call.attempt, _reason_for(err))
+                continue
+            except BaseException:  # cancelled, or the client went away
+                await call.aclose()
+                raise
+            reason = None if last else self._judge(tier, call.attempt, probe)
+            if reason is None:
+                if not last:
+                    call.attempt.outcome = "accepted"
+                    out.confidence = call.attempt.score
+                out.tier = tier
+                return call
+            await call.aclose()
+            self._account(call, probe.usage, len(probe.logprobs))
+            self._escalate(out, tier, call.attempt, reason)
+            if probe.complete:
+                rejected.append(call)
+        if rejected and self.settings.cascade.degraded_fallback:
+            best = max(rejected, key=lambda c: rank(c.attempt.score))
+            out.tier, out.degraded = best.tier, True
+            log.warning("every higher tier failed; serving tier %s's answer (degraded)",
+                        best.tier.name)
+            return best
+        assert err is not None
+        raise err
+
+    def _start(self, direct: Tier | None) -> tuple[list[Tier], Outcome]:
+        plan = [direct] if direct is not None else list(self.tiers)
+        return plan, Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+
+    # -- whole answers and streams -------------------------------------------------------------
 
     async def run(self, request: GenerationRequest, *, direct: Tier | None = None,
                   prompt_text: str = "") -> CascadeResult:
-        plan = self._plan(direct)
-        out = Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+        plan, out = self._start(direct)
         if direct is None and await self._gate(out, prompt_text):
             plan = plan[1:]
-        rejected: list[tuple[Tier, Generation, float]] = []
-        err: RouterError | None = None
-        for tier in plan:
-            last = tier is plan[-1]
-            attempt = Attempt(tier.name, tier.model)
-            out.attempts.append(attempt)
-            started = time.perf_counter()
-            try:
-                gen = await tier.backend.generate(request)
-            except Exception as exc:
-                err = _as_router_error(exc, tier)
-                self._failed(tier, attempt, err, started)
-                if not last:
-                    self._escalate(out, tier, attempt, _reason_for(err))
-                continue
-            self._account(tier, attempt, gen.usage, started)
-            score = self._score(tier, attempt, gen.logprobs)
-            if not last:
-                reason = self._judge(tier, attempt, score, gen.text, gen.finish_reason)
-                if reason is not None:
-                    self._escalate(out, tier, attempt, reason)
-                    rejected.append((tier, gen, score))
-                    continue
-                attempt.outcome = "accepted"
-            out.tier = tier
-            if not out.escalated or direct is not None:
-                out.confidence = score
-            self._finish(out, gen.usage)
-            return CascadeResult(out, gen)
-        if rejected and self.settings.cascade.degraded_fallback:
-            tier, gen, score = max(rejected, key=lambda r: -math.inf if math.isnan(r[2]) else r[2])
-            out.tier, out.degraded = tier, True
-            self._finish(out, gen.usage)
-            log.warning("every higher tier failed; serving tier %s's answer (degraded)", tier.name)
-            return CascadeResult(out, gen)
-        assert err is not None
-        raise err
-
-    # -- streams -------------------------------------------------------------------------------
-
-    async def _probe(self, tier: Tier, it: AsyncIterator[StreamDelta], buffered: list[StreamDelta],
-                     attempt: Attempt) -> tuple[str | None, bool]:
-        """Buffer tier's stream until it can be judged: (escalation reason or None, complete)."""
-        cfg = self.settings.cascade
-        decider = tier.decider
-        assert decider is not None
-        parts = TokenBuffer()
-        n = 0
-        finish: str | None = None
-        async for delta in it:
-            buffered.append(delta)
-            if len(delta.logprobs):
-                parts.append(delta.logprobs)
-                n += len(delta.logprobs)
-            if delta.finish_reason is not None:
-                finish = delta.finish_reason
-                break
-            if n >= cfg.stream_min_tokens:
-                running = confidence(tier.model, parts.view(), tier.signal)
-                if running < decider.threshold:  # early escalation: abort this tier now
-                    attempt.threshold = decider.threshold
-                    self._score(tier, attempt, parts.view())
-                    decider.decide(running)
-                    metrics.THRESHOLD.labels(tier.name).set(decider.threshold)
-                    return "low_confidence", False
-            if n >= cfg.stream_buffer_tokens:
-                break
-        complete = finish is not None
-        score = self._score(tier, attempt, parts.view())
-        text = "".join(d.text for d in buffered) if complete else None
-        return self._judge(tier, attempt, score, text, finish), complete
+        call = await self._walk(plan, out, lambda tier: WholeAnswer(tier, request))
+        self._settle(out, call)
+        assert call.generation is not None
+        return CascadeResult(out, call.generation)
 
     async def stream(self, request: GenerationRequest, *, direct: Tier | None = None,
                      prompt_text: str = "") -> AsyncGenerator[Outcome | StreamDelta, None]:
-        plan = self._plan(direct)
-        out = Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+        plan, out = self._start(direct)
         if direct is None and await self._gate(out, prompt_text):
             plan = plan[1:]
-        rejected: list[tuple[Tier, Attempt, list[StreamDelta]]] = []
-        err: RouterError | None = None
-        for tier in plan:
-            last = tier is plan[-1]
-            attempt = Attempt(tier.name, tier.model)
-            out.attempts.append(attempt)
-            started = time.perf_counter()
-            buffered: list[StreamDelta] = []
-            committed = False
-            it = tier.backend.stream(request)
-            try:
-                if last:
-                    async for delta in it:
-                        buffered.append(delta)
-                        break
-                else:
-                    reason, complete = await self._probe(tier, it, buffered, attempt)
-                    if reason is not None:
-                        n = sum(len(d.logprobs) for d in buffered)
-                        self._account(tier, attempt, _usage_of(buffered), started, n)
-                        self._escalate(out, tier, attempt, reason)
-                        if complete:
-                            rejected.append((tier, attempt, buffered))
-                        continue
-                    attempt.outcome = "accepted"
-                    out.confidence = attempt.score
-                out.tier = tier
-                committed = True
-                yield out
-                for delta in buffered:
-                    yield delta
-                async for delta in it:
-                    buffered.append(delta)
-                    yield delta
-                n = sum(len(d.logprobs) for d in buffered)
-                usage = _usage_of(buffered)
-                self._account(tier, attempt, usage, started, n)
-                if last:
-                    score = self._score(tier, attempt, join_logprobs([d.logprobs
-                                                                      for d in buffered]))
-                    if direct is not None:
-                        out.confidence = score
-                self._finish(out, usage)
-                return
-            except Exception as exc:
-                err = _as_router_error(exc, tier)
-                self._failed(tier, attempt, err, started)
-                if committed:
-                    raise err from None
-                if not last:
-                    self._escalate(out, tier, attempt, _reason_for(err))
-            finally:
-                await it.aclose()  # type: ignore[attr-defined]
-        if rejected and self.settings.cascade.degraded_fallback:
-            tier, attempt, buffered = max(
-                rejected, key=lambda r: -math.inf if r[1].score is None else r[1].score)
-            out.tier, out.degraded = tier, True
-            self._finish(out, _usage_of(buffered))
+        cfg = self.settings.cascade
+        call = await self._walk(plan, out, lambda tier: StreamedAnswer(tier, request, cfg))
+        try:
             yield out
-            for delta in buffered:
+            for delta in list(call.buffered):
                 yield delta
-            return
-        assert err is not None
-        raise err
-
-
-def _usage_of(deltas: Sequence[StreamDelta]) -> Usage | None:
-    for d in reversed(deltas):
-        if d.usage is not None:
-            return d.usage
-    return None
+            async for delta in call.rest():
+                yield delta
+        except Exception as exc:  # after the commit: the answer is cut, nothing to fall back to
+            err = _as_router_error(exc, call.tier)
+            self._failed(call.tier, call.attempt, err, call.started)
+            raise err from None
+        finally:
+            await call.aclose()
+        self._settle(out, call)
