@@ -4,11 +4,16 @@
     stream(request) -> Outcome, then StreamDelta...   (the Outcome is yielded once the answering
                        tier is committed; nothing of a rejected answer is ever yielded)
 
+Both walk the tiers with one loop, `_walk`: each tier's call (`tier_call.WholeAnswer` for
+`run`, `StreamedAnswer` for `stream`) fetches a `Probe`, `_judge` decides on every probe but
+the last tier's (empty, truncated, then the policy), and the loop escalates or commits;
+`_settle` closes the books of the answering tier. The last tier always answers.
+
 Streaming with early escalation: tier k streams into a buffer; from `stream_min_tokens` on, the
 running confidence of the buffered tokens is checked after every delta and the tier is aborted
 (its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens` (or
 at the end of the answer) the buffer is judged like a whole answer, then flushed and the rest
-streams straight through. The last tier always answers.
+streams straight through.
 """
 
 from __future__ import annotations
@@ -16,58 +21,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import numpy as np
-
 from router import metrics
 from router.backends.base import Backend, Generation, GenerationRequest, StreamDelta, Usage
-from router.config import CascadeConfig, Settings, TierConfig
-from router.decision import early_escalates, rank, scorable
+from router.config import Settings
+from router.decision import rank, scorable
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
 from router.policy import load_policy
-from router.scoring import SignalSpec, TokenLogprobs, sequence_signal
+from router.scoring import TokenLogprobs, sequence_signal
 from router.serve.online import Decider, decider_for
+from router.serve.tier_call import Attempt, Probe, StreamedAnswer, Tier, TierCall, WholeAnswer
 
 log = logging.getLogger("router.serve")
-
-
-@dataclass
-class Tier:
-    index: int
-    config: TierConfig
-    backend: Backend
-    decider: Decider | None  # None for the last tier
-    signal: SignalSpec  # the signal its answers are scored with
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-
-@dataclass
-class Attempt:
-    """One tier call of one request (a decision-log entry)."""
-
-    tier: str
-    model: str
-    outcome: str = "answered"  # accepted | escalated | answered | failed | gated
-    reason: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    latency_s: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    error: str | None = None
-
 
 @dataclass
 class Outcome:
@@ -107,64 +75,6 @@ class CascadeResult:
     outcome: Outcome
     generation: Generation
 
-
-def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
-    """Concatenate runs of tokens in one go (the chunks of a stream)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64))
-    if len(parts) == 1:
-        return parts[0]
-    top = None
-    tops = [p.top_logprobs for p in parts]
-    if all(t is not None for t in tops):
-        k = min(t.shape[1] for t in tops if t is not None)
-        top = np.concatenate([t[:, :k] for t in tops if t is not None])
-    return TokenLogprobs(np.concatenate([p.logprobs for p in parts]),
-                         np.concatenate([p.token_bytes for p in parts]), top)
-
-
-class TokenBuffer:
-    """The tokens of a stream so far, in arrays that grow by doubling: appending a delta and
-    reading the running total are O(delta), so a confidence after every token stays cheap."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._lp = np.empty(capacity, np.float64)
-        self._bytes = np.empty(capacity, np.int64)
-        self._top: np.ndarray | None = None  # (capacity, k), allocated with the first top-k
-        self._has_top = True
-        self.n = 0
-
-    def append(self, lp: TokenLogprobs) -> None:
-        m = len(lp)
-        if m == 0:
-            return
-        need = self.n + m
-        if need > len(self._lp):
-            cap = max(need, 2 * len(self._lp))
-            self._lp = np.resize(self._lp, cap)
-            self._bytes = np.resize(self._bytes, cap)
-            if self._top is not None:
-                self._top = np.resize(self._top, (cap, self._top.shape[1]))
-        self._lp[self.n:need] = lp.logprobs
-        self._bytes[self.n:need] = lp.token_bytes
-        top = lp.top_logprobs
-        if top is None or top.shape[1] == 0:
-            self._has_top = False
-        elif self._has_top:
-            if self._top is None:
-                self._top = np.empty((len(self._lp), top.shape[1]), np.float64)
-            k = min(self._top.shape[1], top.shape[1])
-            if k < self._top.shape[1]:
-                self._top = np.ascontiguousarray(self._top[:, :k])
-            self._top[self.n:need] = top[:, :k]
-        self.n = need
-
-    def view(self) -> TokenLogprobs:
-        top = self._top[:self.n] if self._has_top and self._top is not None else None
-        return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
-
-
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
     if isinstance(exc, RouterError):
         return exc
@@ -177,129 +87,6 @@ def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
 
 def _reason_for(err: RouterError) -> str:
     return "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
-
-
-# -- one tier's answer, as the tier loop sees it -----------------------------------------------
-
-
-@dataclass
-class Probe:
-    """As much of a tier's answer as the cascade has when it judges it."""
-
-    logprobs: TokenLogprobs
-    text: str | None = None  # the whole text; None while a stream is still incomplete
-    finish: str | None = None
-    usage: Usage | None = None
-
-    @property
-    def complete(self) -> bool:
-        return self.text is not None
-
-
-class TierCall(ABC):
-    """One call of one tier: `probe` fetches enough of the answer to judge it (`judged`) or
-    to commit to it (the last tier); `aclose` releases it. Subclasses: a whole answer (`run`),
-    a stream (`stream`)."""
-
-    def __init__(self, tier: Tier) -> None:
-        self.tier = tier
-        self.attempt = Attempt(tier.name, tier.model)
-        self.started = time.perf_counter()
-
-    @abstractmethod
-    async def probe(self, *, judged: bool) -> Probe: ...
-
-    @property
-    @abstractmethod
-    def usage(self) -> Usage | None: ...
-
-    @property
-    @abstractmethod
-    def logprobs(self) -> TokenLogprobs:
-        """Every token received so far."""
-
-    async def aclose(self) -> None:
-        return None
-
-
-class WholeAnswer(TierCall):
-    def __init__(self, tier: Tier, request: GenerationRequest) -> None:
-        super().__init__(tier)
-        self.request = request
-        self.generation: Generation | None = None
-
-    async def probe(self, *, judged: bool) -> Probe:
-        gen = self.generation = await self.tier.backend.generate(self.request)
-        return Probe(gen.logprobs, gen.text, gen.finish_reason, gen.usage)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.generation.usage if self.generation is not None else None
-
-    @property
-    def logprobs(self) -> TokenLogprobs:
-        assert self.generation is not None
-        return self.generation.logprobs
-
-
-class StreamedAnswer(TierCall):
-    """A tier's stream: the deltas received so far are `buffered`; `rest` streams the others."""
-
-    def __init__(self, tier: Tier, request: GenerationRequest, cfg: CascadeConfig) -> None:
-        super().__init__(tier)
-        self.cfg = cfg
-        self.buffered: list[StreamDelta] = []
-        self._it = tier.backend.stream(request)
-        self._done = False
-
-    async def probe(self, *, judged: bool) -> Probe:
-        if not judged:  # the last tier: its first delta, so a failure before any byte falls back
-            async for delta in self._it:
-                self.buffered.append(delta)
-                break
-            return Probe(self.logprobs)
-        decider = self.tier.decider
-        assert decider is not None
-        parts = TokenBuffer()
-        finish: str | None = None
-        async for delta in self._it:
-            self.buffered.append(delta)
-            parts.append(delta.logprobs)
-            if delta.finish_reason is not None:
-                finish = delta.finish_reason
-                break
-            if parts.n >= self.cfg.stream_min_tokens and early_escalates(
-                    sequence_signal(parts.view(), self.tier.signal), decider.threshold):
-                break  # early escalation: judged (and rejected) on what came so far
-            if parts.n >= self.cfg.stream_buffer_tokens:
-                break
-        text = "".join(d.text for d in self.buffered) if finish is not None else None
-        return Probe(parts.view(), text, finish, self.usage)
-
-    async def rest(self) -> AsyncIterator[StreamDelta]:
-        """The deltas after the buffered ones (none once the stream is closed)."""
-        if self._done:
-            return
-        async for delta in self._it:
-            self.buffered.append(delta)
-            yield delta
-
-    @property
-    def usage(self) -> Usage | None:
-        for d in reversed(self.buffered):
-            if d.usage is not None:
-                return d.usage
-        return None
-
-    @property
-    def logprobs(self) -> TokenLogprobs:
-        return join_logprobs([d.logprobs for d in self.buffered])
-
-    async def aclose(self) -> None:
-        if not self._done:
-            self._done = True
-            await self._it.aclose()  # type: ignore[attr-defined]
-
 
 Call = TypeVar("Call", bound=TierCall)
 
