@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.errors import InputError, ScoringError
+from router.ragged import ragged, segment_min, segment_quantile, topk_entropy
 from router.scoring import (
     DEFAULT_SIGNALS,
     FEATURES,
@@ -23,13 +24,9 @@ from router.scoring import (
     check_comparable,
     compute_signals,
     parse_signal_option,
-    ragged,
     score_sequences,
-    segment_min,
-    segment_quantile,
     sequence_signal,
     signal_vector,
-    topk_entropy,
     window_plan,
 )
 
