@@ -114,7 +114,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 status = f"unavailable: {exc.message}"
             finally:
                 await backend.aclose()
-            where = tier.base_url or tier.model
+            where = tier.base_url if tier.backend == "openai_http" else tier.model
             rows.append((tier.name, f"{tier.backend}:{where}", status))
         return rows
 

@@ -3,7 +3,8 @@ expected, and is raised at start-up, never in the middle of a request.
 
     server:   host, port, the cascade's virtual model name, protection limits, decision log
     tiers:    ordered list, cheapest first: name, backend (embedded | openai_http | vllm_engine),
-              model, engine options, prompt template, price
+              model, prompt template, price, and the options of that backend only (a key of
+              another backend is an error that names it)
     cascade:  the policy file, prompt gate, hard-escalation switches
     select:   defaults of `router select` (model tier, windows, batching)
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -64,22 +65,34 @@ class PromptTemplateConfig(_Strict):
     prefix: str = ""
 
 
-class TierConfig(_Strict):
+class _TierBase(_Strict):
+    """The keys of every tier, whatever its backend."""
+
     name: str = Field(min_length=1)
-    backend: Literal["embedded", "openai_http", "vllm_engine"]
-    model: str = Field(
-        min_length=1,
-        description="packaged id or GGUF path (embedded); "
-        "the upstream's model name (openai_http); HF dir (vllm_engine)",
-    )
-    # embedded (llama.cpp)
+    model: str = Field(min_length=1)
+    prompt_template: PromptTemplateConfig | None = None
+    price: Price = Field(default_factory=Price)
+    policy: Path | None = None  # overrides cascade.policy for the decision after this tier
+    top_logprobs: int = Field(5, ge=1, le=20)
+
+
+class EmbeddedTier(_TierBase):
+    """llama.cpp in this process; `model` is a packaged id or a GGUF path."""
+
+    backend: Literal["embedded"]
     n_ctx: int = Field(2048, ge=64)
     n_batch: int = Field(512, ge=8)
     n_threads: int | None = Field(None, ge=1)
     score_window: int | None = Field(None, ge=8)
     score_stride: int | None = Field(None, ge=1)
-    # openai_http
-    base_url: str | None = None
+
+
+class OpenAIHttpTier(_TierBase):
+    """An OpenAI-compatible server (vLLM, llama.cpp server, a hosted API); `model` is the
+    upstream's model name."""
+
+    backend: Literal["openai_http"]
+    base_url: str = Field(min_length=1)
     api_key: str | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(60.0, gt=0)
@@ -89,19 +102,19 @@ class TierConfig(_Strict):
     # vLLM's stream_options.continuous_usage_stats: usage on every streamed chunk, so a stream
     # the cascade aborts early is still costed (other servers may reject the option)
     stream_usage_every_chunk: bool = False
-    # every kind
-    prompt_template: PromptTemplateConfig | None = None
-    price: Price = Field(default_factory=Price)
-    policy: Path | None = None  # overrides cascade.policy for the decision after this tier
-    top_logprobs: int = Field(5, ge=1, le=20)
 
-    @model_validator(mode="after")
-    def _backend_fields(self) -> TierConfig:
-        if self.backend == "openai_http" and not self.base_url:
-            raise ValueError("base_url is required when backend is openai_http")
-        if self.backend != "openai_http" and self.base_url:
-            raise ValueError(f"base_url only applies to openai_http, not {self.backend}")
-        return self
+
+class VllmEngineTier(_TierBase):
+    """vLLM's engine in this process; `model` is a Hugging Face model dir or id."""
+
+    backend: Literal["vllm_engine"]
+
+
+#: one tier's config: the keys of its backend only (`backend` picks the class)
+TierConfig = Annotated[EmbeddedTier | OpenAIHttpTier | VllmEngineTier,
+                       Field(discriminator="backend")]
+TIER_CLASSES: dict[str, type[_TierBase]] = {
+    "embedded": EmbeddedTier, "openai_http": OpenAIHttpTier, "vllm_engine": VllmEngineTier}
 
 
 class DecisionLogConfig(_Strict):
@@ -226,6 +239,30 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _tier_error(err: Any) -> tuple[tuple[int | str, ...], str]:
+    """A tier's validation error in the config's terms: the backend tag pydantic puts in the
+    location is dropped, a key of another backend says whose key it is, a bad `backend` lists
+    the backends. Other errors pass through as (location, message)."""
+    loc, msg = tuple(err["loc"]), str(err["msg"])
+    if len(loc) < 2 or loc[0] != "tiers" or not isinstance(loc[1], int):
+        return loc, msg
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        names = [f"'{b}'" for b in TIER_CLASSES]
+        return (*loc[:2], "backend"), (f"Input should be {', '.join(names[:-1])} or {names[-1]}"
+                                       if err["type"] == "union_tag_invalid"
+                                       else f"Field required (one of {', '.join(names)})")
+    if len(loc) >= 3 and loc[2] in TIER_CLASSES:
+        backend, loc = str(loc[2]), (*loc[:2], *loc[3:])
+        key = loc[2] if len(loc) == 3 else None
+        if err["type"] == "extra_forbidden" and isinstance(key, str):
+            owners = [b for b, cls in TIER_CLASSES.items() if key in cls.model_fields]
+            keys = ", ".join(sorted(TIER_CLASSES[backend].model_fields))
+            msg = (f"{key} is an option of backend {' or '.join(owners)}; this tier's backend "
+                   f"is {backend}" if owners else
+                   f"not an option of backend {backend} (options: {keys})")
+    return loc, msg
+
+
 def settings_from_dict(raw: Any, source: str = "<config>") -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -237,10 +274,13 @@ def settings_from_dict(raw: Any, source: str = "<config>") -> Settings:
         lines = []
         for err in exc.errors():
             got = err.get("input")
+            if err["type"] == "union_tag_invalid" and isinstance(got, dict):
+                got = got.get("backend")
             got_s = (
                 f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
             )
-            lines.append(f"{source}: {_format_loc(tuple(err['loc']))}: {err['msg']}{got_s}")
+            loc, msg = _tier_error(err)
+            lines.append(f"{source}: {_format_loc(loc)}: {msg}{got_s}")
         raise ConfigError("\n".join(lines)) from None
     return settings
 

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from router.errors import PolicyError, ScoringError
 from router.probes import is_probe_feature
-from router.scoring import SignalSpec
+from router.scoring import SignalSpec, TokenLogprobs, sequence_signal, signal_vector
 
 LEARNED = "learned"
 
@@ -42,9 +42,8 @@ LEARNED = "learned"
 def feature_spec(name: str) -> SignalSpec | None:
     """The token-logprob signal behind a feature name, or None for a probe feature; an unknown
     name is an error. Example: "quantile_logprob_q0.25" -> SignalSpec(q=0.25)."""
-    if is_probe_feature(name):
-        return None
-    return SignalSpec.parse(name)
+    spec = SignalSpec.parse(name)
+    return None if spec.is_feature else spec
 
 
 @dataclass(frozen=True)
@@ -181,3 +180,21 @@ def feature_matrix(token_signals: Mapping[str, npt.NDArray[np.float64]],
         else:
             raise ScoringError(f"feature {f} was not computed")
     return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+
+
+Confidence = SignalSpec | LearnedSignal
+
+
+def confidence(signal: Confidence, seq: TokenLogprobs,
+               features: Mapping[str, float] | None = None) -> float:
+    """One answer's confidence under a policy's signal: a scorer signal of its token logprobs
+    (or a probe feature), or a learned rule over both. Serve, eval and calibrate all call this.
+
+    Example: mean_logprob of logprobs [-1, -3] -> -2.0.
+    """
+    if isinstance(signal, LearnedSignal):
+        specs = [s for s in signal.token_specs if s is not None]
+        values = signal_vector(seq, specs, {k: v for k, v in (features or {}).items()
+                                            if k in signal.features})
+        return signal.score(values)
+    return sequence_signal(seq, signal, features)

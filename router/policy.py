@@ -16,7 +16,8 @@ calibration: {data: traffic.jsonl, n: 5000, model: smollm2-135m-instruct, fitted
 `signal` may also be a learned rule over several signals and probes (router.learned):
 `signal: {name: learned, features: [...], center: [...], scale: [...], weights: [...], ...}`.
 
-Scores are "higher = more confident". A NaN score (nothing to score) always escalates / drops.
+Scores are "higher = more confident". What a rule does with a score, NaN included (it always
+escalates / drops), is `router.decision`'s one rule; this module fits where a rule cuts.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from router.decision import finite
 from router.errors import PolicyError, ScoringError
-from router.learned import LEARNED, LearnedSignal, learned_from_dict
+from router.learned import LEARNED, Confidence, LearnedSignal, learned_from_dict
 from router.scoring import SignalSpec
-
-#: what decides: one scorer signal, or a learned rule over several signals and probes
-Confidence = SignalSpec | LearnedSignal
 
 
 @dataclass(frozen=True)
@@ -115,6 +114,14 @@ class Policy:
         if isinstance(self.signal, LearnedSignal):
             return self.signal.features
         return (self.signal.key,)
+
+    @property
+    def token_signal(self) -> SignalSpec:
+        """The one scorer signal of a policy that scores texts (selection, the prompt gate)."""
+        if isinstance(self.signal, LearnedSignal):
+            raise PolicyError(f"policy {self.name!r} ({self.source}): a learned signal scores "
+                              "answers for a cascade; scoring a text needs one scorer signal")
+        return self.signal
 
     def for_selection(self) -> Policy:
         if isinstance(self.signal, LearnedSignal):
@@ -317,8 +324,7 @@ def threshold_for_rate(scores: npt.ArrayLike, rate: float) -> float:
     NaN scores are ignored. Example: ([1, 2, 3, 4], 0.25) -> 2.0 (only the 1 is below 2).
     Uses the midpoint between order statistics so ties are not split arbitrarily.
     """
-    arr = np.sort(np.asarray(scores, dtype=np.float64))
-    arr = arr[np.isfinite(arr)]
+    arr = np.sort(finite(scores))
     if arr.size == 0:
         raise PolicyError("cannot fit a threshold: no finite scores")
     if not 0.0 <= rate <= 1.0:
@@ -334,8 +340,7 @@ def threshold_for_rate(scores: npt.ArrayLike, rate: float) -> float:
 def keep_interval(rule: Rule, scores: npt.ArrayLike) -> tuple[float, float]:
     """The closed score interval [lo, hi] a selection rule keeps, from all scores at once
     (exact quantiles across every shard: callers pass the complete score column)."""
-    arr = np.asarray(scores, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
+    arr = finite(scores)
     if isinstance(rule, ThresholdRule):
         if rule.keep_above is None:
             raise PolicyError("a threshold rule for selection needs keep_above")

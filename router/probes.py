@@ -33,7 +33,7 @@ import numpy as np
 
 from router.backends.base import Backend, ChatMessage, Generation, GenerationRequest
 from router.evalset.checks import fold, numbers_in
-from router.scoring import SignalSpec, score_sequences
+from router.scoring import FEATURES, SignalSpec, score_sequences
 
 VERIFY = "verify_p_yes"
 CONSISTENCY = "consistency"
@@ -50,6 +50,7 @@ PROBE_OF: dict[str, str] = {
     TRUNCATED: "answer",
 }
 PROBE_FEATURES: tuple[str, ...] = tuple(PROBE_OF)
+assert set(PROBE_OF) == set(FEATURES), "every request-level feature of the scorer has a probe"
 
 VERIFY_TEMPLATE = (
     "Question: {question}\n"
@@ -73,13 +74,19 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class ProbeCost:
-    """What one probe added to a request: tier-0 tokens (prompt + completion) and wall time."""
+    """What one probe added to a request: tier-0 prompt and completion tokens, wall time."""
 
-    tokens: int
+    prompt_tokens: int
+    completion_tokens: int
     seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def is_probe_feature(name: str) -> bool:
+    """Whether a signal name is measured by a probe (a request-level feature of the scorer)."""
     return name in PROBE_OF
 
 
@@ -179,10 +186,13 @@ def answer_features(gen: Generation) -> dict[str, float]:
 # -- the probes --------------------------------------------------------------------------------
 
 
+Spent = tuple[int, int]  # prompt, completion tokens
+
+
 async def _verify(backend: Backend, request: GenerationRequest, gen: Generation,
-                  settings: ProbeSettings) -> tuple[float, int]:
+                  settings: ProbeSettings) -> tuple[float, Spent]:
     out = await backend.generate(verification_request(request, gen.text, settings.verify_top_k))
-    tokens = out.usage.prompt_tokens + out.usage.completion_tokens
+    tokens = (out.usage.prompt_tokens, out.usage.completion_tokens)
     top = out.logprobs.top_logprobs
     if out.alternatives is None or top is None or len(out.logprobs) == 0:
         return math.nan, tokens
@@ -190,42 +200,50 @@ async def _verify(backend: Backend, request: GenerationRequest, gen: Generation,
 
 
 async def _consistency(backend: Backend, request: GenerationRequest, gen: Generation,
-                       settings: ProbeSettings) -> tuple[float, int]:
+                       settings: ProbeSettings, partial: bool) -> tuple[float, Spent]:
     k = settings.consistency_samples
     base = request.seed if request.seed is not None else 0
+    # a stream judges the first tokens of its answer: samples of the same length compare
+    budget = max(1, len(gen.logprobs)) if partial else request.max_tokens
     reqs = [replace(request, temperature=settings.consistency_temperature,
-                    top_p=settings.consistency_top_p, seed=base + i + 1, top_logprobs=1)
+                    top_p=settings.consistency_top_p, seed=base + i + 1, top_logprobs=1,
+                    max_tokens=budget)
             for i in range(k)]
     outs = await asyncio.gather(*(backend.generate(r) for r in reqs))
-    tokens = sum(o.usage.prompt_tokens + o.usage.completion_tokens for o in outs)
+    tokens = (sum(o.usage.prompt_tokens for o in outs), sum(o.usage.completion_tokens
+                                                            for o in outs))
     return agreement(gen.text, [o.text for o in outs]), tokens
 
 
-async def _prompt(backend: Backend, request: GenerationRequest) -> tuple[float, int]:
+async def _prompt(backend: Backend, request: GenerationRequest) -> tuple[float, Spent]:
     text = question_of(request)
     if not text.strip():
-        return math.nan, 0
+        return math.nan, (0, 0)
     [seq] = await backend.score([text])
     spec = SignalSpec("logprob_per_byte")
     value = float(score_sequences(backend.model_id, [seq], [spec]).signal(spec)[0])
-    return value, len(seq) + 1
+    return value, (len(seq) + 1, 0)
 
 
 async def run_probes(backend: Backend, request: GenerationRequest, gen: Generation,
                      features: Collection[str], settings: ProbeSettings = ProbeSettings(),
+                     *, partial: bool = False,
                      ) -> tuple[dict[str, float], dict[str, ProbeCost]]:
     """The probe features in `features` for tier 0's answer `gen` to `request`, and what each
     probe cost. Probes run one after the other (an embedded engine runs one request at a time;
-    on vLLM the k consistency samples run concurrently)."""
+    on vLLM the k consistency samples run concurrently). `partial`: `gen` is the first tokens
+    of a streamed answer (judged at the stream buffer), not the whole answer."""
     probes = needed_probes(features)
     values: dict[str, float] = {}
     costs: dict[str, ProbeCost] = {}
     if "answer" in probes:
         values.update(answer_features(gen))
-        costs["answer"] = ProbeCost(0, 0.0)
+        if partial:
+            values[TRUNCATED] = 0.0  # not known yet
+        costs["answer"] = ProbeCost(0, 0, 0.0)
     runners = {
         "verify": lambda: _verify(backend, request, gen, settings),
-        "consistency": lambda: _consistency(backend, request, gen, settings),
+        "consistency": lambda: _consistency(backend, request, gen, settings, partial),
         "prompt": lambda: _prompt(backend, request),
     }
     names = {"verify": VERIFY, "consistency": CONSISTENCY, "prompt": PROMPT_FAMILIARITY}
@@ -233,9 +251,9 @@ async def run_probes(backend: Backend, request: GenerationRequest, gen: Generati
         if probe not in probes:
             continue
         started = time.perf_counter()
-        value, tokens = await runners[probe]()
+        value, (pt, ct) = await runners[probe]()
         values[names[probe]] = value
-        costs[probe] = ProbeCost(tokens, time.perf_counter() - started)
+        costs[probe] = ProbeCost(pt, ct, time.perf_counter() - started)
     return values, costs
 
 

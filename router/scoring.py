@@ -1,10 +1,11 @@
 """Token log-probabilities -> sequence scores: THE shared scorer of `serve` and `select`.
 
-Every function here is pure and vectorised over a *ragged batch*: the chosen-token
+Every signal is one pure function over a *ragged batch* (`router.ragged`): the chosen-token
 log-probabilities of all sequences laid end to end in one flat array, plus each sequence's
-length. No Python loop runs per token.
+length. No Python loop runs per token, and the single-sequence hot path of `serve` (a running
+confidence after every streamed token) is the same function on a batch of one.
 
-Signals (all oriented so that **higher = more confident / more familiar**):
+Signals (all oriented so that **higher = more confident / more familiar**), the `SIGNALS` table:
 
 ==================  ====================================================================
 mean_logprob        mean log-probability per token (length-normalised log-likelihood)
@@ -21,8 +22,18 @@ neg_mean_entropy    -(mean entropy of the top-k distribution). Entropy over a tr
 mean_margin         mean of (top-1 minus top-2 log-probability), needs k >= 2
 ==================  ====================================================================
 
+Adding a token signal is one entry in `SIGNALS`: a function `(RaggedBatch, q) -> (n_seqs,)`
+with an example in its docstring. An empty sequence scores NaN for every signal, and a signal
+that needs k top log-probabilities scores NaN without them; both rules live in `token_signal`.
+
+Request-level features (`FEATURES`) are signals that are not functions of the answer's token
+logprobs (a verifier's P(yes), agreement between samples, ...): the caller measures them and
+passes them by name, and `compute_signals` / `signal_vector` merge them with the token signals
+into one flat `name -> value` mapping, so a policy names either kind the same way. A feature
+the caller did not measure is NaN (nothing to score).
+
 Informational values that are *not* confidence-oriented (`perplexity`, `bits_per_byte`,
-`n_tokens`, `n_bytes`) are reported beside them but cannot be used as policy signals.
+`n_tokens`, `n_bytes`, the `INFO` table) are reported beside them but cannot be policy signals.
 
 Every result carries the model id and `SCORER_VERSION`, so scores from different models or
 scorer versions are never compared by accident.
@@ -31,65 +42,209 @@ scorer versions are never compared by accident.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from router.errors import ScoringError
+from router.errors import InputError, RouterError, ScoringError
+from router.ragged import (
+    FloatArray,
+    IntArray,
+    RaggedBatch,
+    TokenLogprobs,
+    ragged,
+    segment_mean,
+    segment_min,
+    segment_quantile,
+    topk_entropy,
+)
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "FEATURES",
+    "INFO",
+    "SCORER_VERSION",
+    "SIGNALS",
+    "Feature",
+    "FloatArray",
+    "IntArray",
+    "RaggedBatch",
+    "ScoreResult",
+    "SignalSpec",
+    "TokenLogprobs",
+    "TokenSignal",
+    "Window",
+    "check_comparable",
+    "compute_signals",
+    "parse_signal_option",
+    "ragged",
+    "score_sequences",
+    "sequence_signal",
+    "signal_vector",
+    "token_signal",
+    "window_plan",
+]
 
 SCORER_VERSION = "1.0"
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-
-#: name -> (needs top-k, takes q)
-SIGNALS: dict[str, tuple[bool, bool]] = {
-    "mean_logprob": (False, False),
-    "sum_logprob": (False, False),
-    "min_logprob": (False, False),
-    "quantile_logprob": (False, True),
-    "neg_perplexity": (False, False),
-    "logprob_per_byte": (False, False),
-    "neg_bits_per_byte": (False, False),
-    "neg_mean_entropy": (True, False),
-    "mean_margin": (True, False),
-}
-INFO_FIELDS = ("perplexity", "bits_per_byte", "n_tokens", "n_bytes")
 DEFAULT_QUANTILE = 0.1
 LN2 = math.log(2.0)
 
 
+# -- the signals: one pure function each, (batch, q) -> (n_seqs,) -------------------------------
+
+
+def mean_logprob(b: RaggedBatch, q: float) -> FloatArray:
+    """Mean log-probability per token. Example: ragged([-1, -3], [-2]) -> [-2, -2]."""
+    return b.means
+
+
+def sum_logprob(b: RaggedBatch, q: float) -> FloatArray:
+    """Total log-likelihood. Example: ragged([-1, -3], [-2]) -> [-4, -2]."""
+    return b.sums
+
+
+def min_logprob(b: RaggedBatch, q: float) -> FloatArray:
+    """The least likely token. Example: ragged([-1, -3], [-2]) -> [-3, -2]."""
+    return segment_min(b.values, b.lengths)
+
+
+def quantile_logprob(b: RaggedBatch, q: float) -> FloatArray:
+    """The q-quantile of token log-probabilities. Example: q=0.5, ragged([-1, -3], [-2]) ->
+    [-2, -2]."""
+    return segment_quantile(b.values, b.lengths, q)
+
+
+def neg_perplexity(b: RaggedBatch, q: float) -> FloatArray:
+    """-exp(-mean_logprob). Example: ragged([-1, -3]) -> [-e^2] = [-7.389...]."""
+    with np.errstate(over="ignore"):
+        return np.asarray(-np.exp(-b.means), np.float64)
+
+
+def logprob_per_byte(b: RaggedBatch, q: float) -> FloatArray:
+    """Log-likelihood per UTF-8 byte (nats). Example: ragged([-1, -3], nbytes=2) -> [-1]."""
+    return b.per_byte
+
+
+def neg_bits_per_byte(b: RaggedBatch, q: float) -> FloatArray:
+    """-(bits per byte). Example: ragged([-1, -3], nbytes=2) -> [-1 / ln 2] = [-1.4427...]."""
+    return b.per_byte / LN2
+
+
+def neg_mean_entropy(b: RaggedBatch, q: float) -> FloatArray:
+    """-(mean top-k entropy per token). Example: one token with top [log .5, log .5] ->
+    [-ln 2]."""
+    return -segment_mean(topk_entropy(b.top_rows()), b.lengths)
+
+
+def mean_margin(b: RaggedBatch, q: float) -> FloatArray:
+    """Mean of top-1 minus top-2 log-probability. Example: tops [[-0.1, -1.1], [-0.2, -2.2]]
+    in one sequence -> [1.5]."""
+    top = b.top_rows()
+    return segment_mean(top[:, 0] - top[:, 1], b.lengths)
+
+
+SignalFn = Callable[[RaggedBatch, float], FloatArray]  # (batch, q) -> (n_seqs,)
+
+
+@dataclass(frozen=True)
+class TokenSignal:
+    """A table entry: the function, how many top-k log-probabilities it needs, whether it takes
+    the quantile parameter q (then its column is `name_q<q>`)."""
+
+    fn: SignalFn
+    min_k: int = 0
+    takes_q: bool = False
+
+
+#: name -> signal; the one place a token signal is defined
+SIGNALS: dict[str, TokenSignal] = {
+    "mean_logprob": TokenSignal(mean_logprob),
+    "sum_logprob": TokenSignal(sum_logprob),
+    "min_logprob": TokenSignal(min_logprob),
+    "quantile_logprob": TokenSignal(quantile_logprob, takes_q=True),
+    "neg_perplexity": TokenSignal(neg_perplexity),
+    "logprob_per_byte": TokenSignal(logprob_per_byte),
+    "neg_bits_per_byte": TokenSignal(neg_bits_per_byte),
+    "neg_mean_entropy": TokenSignal(neg_mean_entropy, min_k=1),
+    "mean_margin": TokenSignal(mean_margin, min_k=2),
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A request-level signal: measured by the caller, not computed from token logprobs."""
+
+    description: str
+
+
+#: name -> request-level feature, merged into the signal mapping; measured by the confidence
+#: probes of `router.probes` (each at a cost in tier-0 tokens and time, reported by eval)
+FEATURES: dict[str, Feature] = {
+    "verify_p_yes": Feature("self-verification: P(yes) / (P(yes) + P(no)) when tier 0 reads "
+                            "'question, proposed answer: is it correct?' (Kadavath et al.)"),
+    "consistency": Feature("agreement of the greedy answer with k sampled answers of tier 0"),
+    "prompt_logprob_per_byte": Feature("prompt familiarity: the question's own log-likelihood "
+                                       "per byte under tier 0"),
+    "answer_tokens": Feature("answer length in tokens (not oriented: for learned rules)"),
+    "truncated": Feature("1 when the answer hit max_tokens (not oriented: for learned rules)"),
+}
+
+
+def _info_perplexity(b: RaggedBatch) -> FloatArray:
+    with np.errstate(over="ignore"):
+        return np.asarray(np.exp(-b.means), np.float64)
+
+
+#: informational columns, not confidence-oriented: reported beside the signals, never policies
+INFO: dict[str, Callable[[RaggedBatch], FloatArray]] = {
+    "n_tokens": lambda b: b.lengths.astype(np.float64),
+    "n_bytes": lambda b: b.n_bytes,
+    "perplexity": _info_perplexity,
+    "bits_per_byte": lambda b: -b.per_byte / LN2,
+}
+INFO_FIELDS = tuple(INFO)
+
+
 @dataclass(frozen=True)
 class SignalSpec:
-    """A signal and its parameter, e.g. `SignalSpec("quantile_logprob", q=0.1)`."""
+    """A signal and its parameter, e.g. `SignalSpec("quantile_logprob", q=0.1)`; the name is a
+    token signal (`SIGNALS`) or a request-level feature (`FEATURES`)."""
 
     name: str
     q: float = DEFAULT_QUANTILE
 
     def __post_init__(self) -> None:
-        if self.name not in SIGNALS:
-            known = ", ".join(sorted(SIGNALS))
+        if self.name not in SIGNALS and self.name not in FEATURES:
+            known = ", ".join(sorted([*SIGNALS, *FEATURES]))
             raise ScoringError(f"unknown signal {self.name!r}; known signals: {known}")
         if not 0.0 <= self.q <= 1.0:
             raise ScoringError(f"signal {self.name}: q must be in [0, 1], got {self.q}")
 
     @property
+    def is_feature(self) -> bool:
+        return self.name in FEATURES
+
+    @property
     def needs_top_k(self) -> bool:
-        return SIGNALS[self.name][0]
+        return not self.is_feature and SIGNALS[self.name].min_k > 0
+
+    @property
+    def takes_q(self) -> bool:
+        return not self.is_feature and SIGNALS[self.name].takes_q
 
     @property
     def key(self) -> str:
         """Column name: `quantile_logprob` with q=0.1 -> `quantile_logprob_q0.1`."""
-        return f"{self.name}_q{self.q:g}" if SIGNALS[self.name][1] else self.name
+        return f"{self.name}_q{self.q:g}" if self.takes_q else self.name
 
     @classmethod
     def parse(cls, text: str) -> SignalSpec:
         """`"quantile_logprob_q0.25"` or `"quantile_logprob:0.25"` -> SignalSpec(q=0.25)."""
         for sep in ("_q", ":"):
             head, _, tail = text.rpartition(sep)
-            if head in SIGNALS and SIGNALS[head][1]:
+            if head in SIGNALS and SIGNALS[head].takes_q:
                 try:
                     return cls(head, q=float(tail))
                 except ValueError:
@@ -100,239 +255,99 @@ class SignalSpec:
 DEFAULT_SIGNALS: tuple[SignalSpec, ...] = tuple(SignalSpec(n) for n in SIGNALS)
 
 
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """The scored tokens of one sequence under one model.
+def parse_signal_option(text: str, option: str = "--signal") -> SignalSpec:
+    """A signal named on the command line; a bad one is an input error naming the option.
 
-    logprobs:     (n,) log-probability of each chosen token
-    token_bytes:  (n,) UTF-8 byte length of each token (for per-byte normalisation)
-    top_logprobs: (n, k) top-k log-probabilities per position, sorted descending, or None
-    tokens:       the token strings, when the backend returns them (display only)
+    Example: parse_signal_option("quantile_logprob:0.25").key -> "quantile_logprob_q0.25".
     """
-
-    logprobs: FloatArray
-    token_bytes: IntArray
-    top_logprobs: FloatArray | None = None
-    tokens: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.logprobs.shape != self.token_bytes.shape or self.logprobs.ndim != 1:
-            raise ScoringError(
-                f"logprobs {self.logprobs.shape} and token_bytes {self.token_bytes.shape} differ"
-            )
-        if self.top_logprobs is not None and self.top_logprobs.shape[0] != len(self.logprobs):
-            raise ScoringError("top_logprobs must have one row per token")
-
-    def __len__(self) -> int:
-        return len(self.logprobs)
-
-    @classmethod
-    def from_lists(
-        cls,
-        logprobs: Sequence[float],
-        token_bytes: Sequence[int],
-        top_logprobs: Sequence[Sequence[float]] | None = None,
-        tokens: Sequence[str] | None = None,
-    ) -> TokenLogprobs:
-        top = None
-        if top_logprobs is not None and len(top_logprobs) > 0:
-            k = min(len(row) for row in top_logprobs)
-            if k > 0:
-                if all(len(row) == k for row in top_logprobs):  # the usual case: one sort
-                    top = -np.sort(-np.asarray(top_logprobs, dtype=np.float64), axis=1)
-                else:
-                    top = np.array([sorted(row, reverse=True)[:k] for row in top_logprobs],
-                                   np.float64)
-        return cls(
-            np.asarray(logprobs, dtype=np.float64),
-            np.asarray(token_bytes, dtype=np.int64),
-            top,
-            tuple(tokens) if tokens is not None else None,
-        )
-
-    def concat(self, other: TokenLogprobs) -> TokenLogprobs:
-        """Append another run of tokens (windows of one document, chunks of one stream)."""
-        top = None
-        if self.top_logprobs is not None and other.top_logprobs is not None:
-            k = min(self.top_logprobs.shape[1], other.top_logprobs.shape[1])
-            top = np.concatenate([self.top_logprobs[:, :k], other.top_logprobs[:, :k]])
-        toks = None
-        if self.tokens is not None and other.tokens is not None:
-            toks = self.tokens + other.tokens
-        return TokenLogprobs(
-            np.concatenate([self.logprobs, other.logprobs]),
-            np.concatenate([self.token_bytes, other.token_bytes]),
-            top,
-            toks,
-        )
+    try:
+        return SignalSpec.parse(text)
+    except RouterError as exc:
+        raise InputError(f"{option}: {exc.message}") from None
 
 
-@dataclass(frozen=True)
-class RaggedBatch:
-    """Sequences laid end to end: `values[offsets[i]:offsets[i+1]]` is sequence i."""
-
-    values: FloatArray  # (total,)
-    lengths: IntArray  # (batch,)
-    token_bytes: IntArray  # (total,)
-    top: FloatArray | None = None  # (total, k)
-
-    @property
-    def offsets(self) -> IntArray:
-        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-
-    @property
-    def segment_ids(self) -> IntArray:
-        return np.repeat(np.arange(len(self.lengths), dtype=np.int64), self.lengths)
-
-    @classmethod
-    def from_sequences(cls, seqs: Sequence[TokenLogprobs]) -> RaggedBatch:
-        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        values = np.concatenate([s.logprobs for s in seqs]) if seqs else np.zeros(0, np.float64)
-        nbytes = np.concatenate([s.token_bytes for s in seqs]) if seqs else np.zeros(0, np.int64)
-        top = None
-        if seqs and all(s.top_logprobs is not None for s in seqs):
-            k = min(s.top_logprobs.shape[1] for s in seqs if s.top_logprobs is not None)
-            top = np.concatenate(
-                [s.top_logprobs[:, :k] for s in seqs if s.top_logprobs is not None]
-            )
-        return cls(values.astype(np.float64), lengths, nbytes.astype(np.int64), top)
+# -- scoring ----------------------------------------------------------------------------------
 
 
-def segment_sum(values: FloatArray, lengths: IntArray) -> FloatArray:
-    """Per-sequence sums. Example: ([1, 2, 3, 4], [1, 3]) -> [1, 9]."""
-    seg = np.repeat(np.arange(len(lengths)), lengths)
-    return np.bincount(seg, weights=values, minlength=len(lengths)).astype(np.float64)
+def token_signal(batch: RaggedBatch, spec: SignalSpec) -> FloatArray:
+    """One token signal of every sequence in the batch: (n_seqs,). NaN for an empty sequence,
+    and for every sequence when the batch has fewer top-k log-probabilities than it needs.
 
-
-def segment_mean(values: FloatArray, lengths: IntArray) -> FloatArray:
-    """Per-sequence means; NaN for an empty sequence. Example: ([1, 2, 3, 4], [1, 3]) -> [1, 3]."""
-    sums = segment_sum(values, lengths)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(lengths > 0, sums / np.maximum(lengths, 1), np.nan)
-
-
-def segment_quantile(values: FloatArray, lengths: IntArray, q: float) -> FloatArray:
-    """Per-sequence q-quantile with linear interpolation (numpy's default method).
-
-    Example: ([5, 1, 3, 9], [1, 3], q=0.5) -> [5, 3]. q=0 is the minimum.
+    Example: mean_logprob of ragged([-1, -3], []) -> [-2, nan].
     """
-    n = len(lengths)
-    out = np.full(n, np.nan)
-    if values.size == 0:
-        return out
-    seg = np.repeat(np.arange(n), lengths)
-    order = np.lexsort((values, seg))  # sort by segment, then value
-    ranked = values[order]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    nonempty = lengths > 0
-    pos = q * (lengths[nonempty] - 1).astype(np.float64)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, lengths[nonempty] - 1)
-    frac = pos - lo
-    base = starts[nonempty]
-    out[nonempty] = ranked[base + lo] * (1.0 - frac) + ranked[base + hi] * frac
-    return out
+    sig = SIGNALS[spec.name]
+    n = len(batch.lengths)
+    if batch.k < sig.min_k or (n == 1 and batch.lengths[0] == 0):
+        return np.full(n, np.nan)
+    value = sig.fn(batch, spec.q)
+    return value if n == 1 else np.where(batch.lengths > 0, value, np.nan)
 
 
-def topk_entropy(top: FloatArray) -> FloatArray:
-    """Entropy (nats) of each row's top-k distribution, renormalised over the k entries.
+def feature_column(features: Mapping[str, npt.ArrayLike] | None, name: str,
+                   n: int) -> FloatArray:
+    """A request-level feature's (n,) values; NaN where the caller did not measure it.
 
-    Example: [[log .5, log .5]] -> [0.693...]. Rows of -inf only give NaN.
+    Example: ({"p_yes": [0.9, 0.2]}, "p_yes", 2) -> [0.9, 0.2]; ({}, "p_yes", 2) -> [nan, nan].
     """
-    m = np.max(top, axis=1, keepdims=True)
-    shifted = top - m
-    p = np.exp(shifted)
-    z = p.sum(axis=1, keepdims=True)
-    logq = shifted - np.log(z)
-    q = p / z
-    return np.asarray(-(q * np.where(q > 0, logq, 0.0)).sum(axis=1), dtype=np.float64)
+    if name not in FEATURES:
+        known = ", ".join(sorted(FEATURES)) or "none registered"
+        raise ScoringError(f"unknown request-level feature {name!r}; known features: {known}")
+    if features is None or name not in features:
+        return np.full(n, np.nan)
+    col = np.asarray(features[name], dtype=np.float64).reshape(-1)
+    if col.shape != (n,):
+        raise ScoringError(f"feature {name}: {col.size} values for {n} sequences")
+    return col
 
 
 def compute_signals(
-    batch: RaggedBatch, specs: Sequence[SignalSpec] = DEFAULT_SIGNALS
+    batch: RaggedBatch,
+    specs: Sequence[SignalSpec] = DEFAULT_SIGNALS,
+    features: Mapping[str, npt.ArrayLike] | None = None,
 ) -> dict[str, FloatArray]:
-    """All requested signals plus informational fields for every sequence in the batch.
+    """The informational columns, every requested signal and every given request-level
+    feature, for every sequence in the batch: one flat `key -> (n_seqs,)` mapping.
 
-    Signals that need top-k are NaN when the batch has none (or k < 2 for the margin).
     Example: one sequence with logprobs [-1, -3] and 2 bytes per token gives
     mean_logprob -2, sum_logprob -4, min_logprob -3, logprob_per_byte -1.
     """
-    lengths = batch.lengths
-    nan = np.full(len(lengths), np.nan)
-    total = segment_sum(batch.values, lengths)
-    mean = segment_mean(batch.values, lengths)
-    nbytes = segment_sum(batch.token_bytes.astype(np.float64), lengths)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_byte = np.where(nbytes > 0, total / np.maximum(nbytes, 1.0), np.nan)
-        perplexity = np.exp(-mean)
-    out: dict[str, FloatArray] = {
-        "n_tokens": lengths.astype(np.float64),
-        "n_bytes": nbytes,
-        "perplexity": perplexity,
-        "bits_per_byte": -per_byte / LN2,
-    }
+    n = len(batch.lengths)
+    out = {name: info(batch) for name, info in INFO.items()}
     for spec in specs:
-        if spec.name == "mean_logprob":
-            value = mean
-        elif spec.name == "sum_logprob":
-            value = total
-        elif spec.name == "min_logprob":
-            value = segment_quantile(batch.values, lengths, 0.0)
-        elif spec.name == "quantile_logprob":
-            value = segment_quantile(batch.values, lengths, spec.q)
-        elif spec.name == "neg_perplexity":
-            value = -perplexity
-        elif spec.name == "logprob_per_byte":
-            value = per_byte
-        elif spec.name == "neg_bits_per_byte":
-            value = per_byte / LN2
-        elif spec.name == "neg_mean_entropy":
-            value = nan if batch.top is None else -segment_mean(topk_entropy(batch.top), lengths)
-        elif spec.name == "mean_margin":
-            if batch.top is None or batch.top.shape[1] < 2:
-                value = nan
-            else:
-                value = segment_mean(batch.top[:, 0] - batch.top[:, 1], lengths)
-        else:  # pragma: no cover - SignalSpec validates names
-            raise ScoringError(f"unknown signal {spec.name}")
-        out[spec.key] = value
+        if spec.is_feature:
+            out[spec.key] = feature_column(features, spec.name, n)
+        else:
+            out[spec.key] = token_signal(batch, spec)
+    for name in features or {}:
+        out[name] = feature_column(features, name, n)
     return out
 
 
-def sequence_signal(seq: TokenLogprobs, spec: SignalSpec) -> float:
-    """One signal of one sequence without building a batch: the serving hot path (a running
-    confidence after every streamed token). Equals `compute_signals` on a batch of one.
+def signal_vector(seq: TokenLogprobs, specs: Sequence[SignalSpec] = DEFAULT_SIGNALS,
+                  features: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One answer's flat `key -> value` mapping: `compute_signals` on a batch of one.
+
+    Example: logprobs [-1, -3], 2 bytes each, features {"p_yes": 0.9} (a registered feature)
+    -> {"n_tokens": 2.0, ..., "mean_logprob": -2.0, ..., "p_yes": 0.9}.
+    """
+    cols = compute_signals(RaggedBatch.of(seq), specs,
+                           {k: [v] for k, v in (features or {}).items()})
+    return {k: float(v[0]) for k, v in cols.items()}
+
+
+def sequence_signal(seq: TokenLogprobs, spec: SignalSpec,
+                    features: Mapping[str, float] | None = None) -> float:
+    """One signal of one answer: `token_signal` on a batch of one (no copies), or the named
+    request-level feature. The serving hot path (a running confidence after every token).
 
     Example: logprobs [-1, -3], 2 bytes each: mean_logprob -> -2.0, logprob_per_byte -> -1.0.
     NaN for an empty sequence, or a top-k signal without top-k.
     """
-    v = seq.logprobs
-    if v.size == 0:
-        return math.nan
-    name = spec.name
-    if name in ("mean_logprob", "neg_perplexity"):
-        mean = float(v.sum()) / v.size
-        return mean if name == "mean_logprob" else -math.exp(-mean)
-    if name == "sum_logprob":
-        return float(v.sum())
-    if name == "min_logprob":
-        return float(v.min())
-    if name == "quantile_logprob":
-        return float(np.quantile(v, spec.q))
-    if name in ("logprob_per_byte", "neg_bits_per_byte"):
-        nbytes = int(seq.token_bytes.sum())
-        if nbytes <= 0:
-            return math.nan
-        per_byte = float(v.sum()) / nbytes
-        return per_byte if name == "logprob_per_byte" else per_byte / LN2
-    top = seq.top_logprobs
-    if name == "neg_mean_entropy":
-        return math.nan if top is None else -float(topk_entropy(top).mean())
-    if name == "mean_margin":
-        if top is None or top.shape[1] < 2:
-            return math.nan
-        return float((top[:, 0] - top[:, 1]).mean())
-    raise ScoringError(f"unknown signal {name}")  # pragma: no cover - SignalSpec validates
+    if spec.is_feature:
+        value = (features or {}).get(spec.name)
+        return float(feature_column({spec.name: [math.nan if value is None else value]},
+                                    spec.name, 1)[0])
+    return float(token_signal(RaggedBatch.of(seq), spec)[0])
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,33 @@ def test_default_config_runs_on_embedded_models() -> None:
         ),
         (
             "tiers:\n - name: a\n   backend: embedded\n   model: x\n   n_ctxx: 5\n",
-            r"tiers\[0\]\.n_ctxx: Extra inputs are not permitted",
+            r"tiers\[0\]\.n_ctxx: not an option of backend embedded \(options: backend, model, "
+            r"n_batch, n_ctx, ",
         ),
         ("tiers: []\n", r"tiers: List should have at least 1 item"),
-        ("tiers:\n - name: a\n   backend: openai_http\n   model: x\n", r"base_url is required"),
+        (
+            "tiers:\n - name: a\n   backend: openai_http\n   model: x\n",
+            r"tiers\[0\]\.base_url: Field required",
+        ),
+        (
+            "tiers:\n - {name: a, backend: embedded, model: x, base_url: 'http://h/v1'}\n",
+            r"tiers\[0\]\.base_url: base_url is an option of backend openai_http; this tier's "
+            r"backend is embedded",
+        ),
+        (
+            "tiers:\n - {name: a, backend: openai_http, base_url: u, model: x, n_ctx: 4096}\n",
+            r"tiers\[0\]\.n_ctx: n_ctx is an option of backend embedded; this tier's backend is "
+            r"openai_http \(got 4096\)",
+        ),
+        (
+            "tiers:\n - {name: a, backend: vllm_engine, model: x, timeout_s: 5}\n",
+            r"tiers\[0\]\.timeout_s: timeout_s is an option of backend openai_http",
+        ),
+        (
+            "tiers:\n - {name: a, model: x}\n",
+            r"tiers\[0\]\.backend: Field required \(one of 'embedded', 'openai_http', "
+            r"'vllm_engine'\)",
+        ),
         (
             "server:\n  port: -1\ntiers:\n - {name: a, backend: embedded, model: x}\n",
             r"server\.port: Input should be greater than or equal to 0",

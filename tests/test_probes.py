@@ -134,6 +134,7 @@ async def test_run_probes_runs_only_what_the_features_need() -> None:
     assert [r.seed for r in sampled] == [1, 2, 3, 4]
     assert all(r.temperature == 0.7 and r.top_p == 0.95 for r in sampled)
     assert costs["verify"].tokens == 31 and costs["consistency"].tokens == 4 * 12
+    assert costs["consistency"].prompt_tokens == 40 and costs["prompt"].completion_tokens == 0
     assert costs["prompt"].tokens == 3 and all(c.seconds >= 0 for c in costs.values())
 
 

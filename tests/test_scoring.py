@@ -9,19 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.errors import ScoringError
+from router.errors import InputError, ScoringError
+from router.ragged import ragged, segment_min, segment_quantile, topk_entropy
 from router.scoring import (
+    DEFAULT_SIGNALS,
+    FEATURES,
     SIGNALS,
+    Feature,
     RaggedBatch,
     ScoreResult,
     SignalSpec,
     TokenLogprobs,
+    TokenSignal,
     check_comparable,
     compute_signals,
+    parse_signal_option,
     score_sequences,
-    segment_quantile,
     sequence_signal,
-    topk_entropy,
+    signal_vector,
     window_plan,
 )
 
@@ -34,7 +39,7 @@ def _seq(values: list[float], nbytes: int = 3, k: int = 0) -> TokenLogprobs:
     if k:
         top = np.array(
             [sorted([v] + [v - 1.0 - j for j in range(k - 1)], reverse=True) for v in values]
-        )
+        ).reshape(len(values), k)
     return TokenLogprobs(np.array(values, float), np.full(len(values), nbytes, np.int64), top)
 
 
@@ -64,18 +69,85 @@ def test_signals_match_plain_loops(seqs: list[list[float]], q: float) -> None:
         assert out["bits_per_byte"][i] == pytest.approx(-sum(s) / (3 * len(s)) / math.log(2))
 
 
-@given(sequence, st.sampled_from(sorted(SIGNALS)), st.floats(0.0, 1.0), st.integers(0, 3))
+@given(sequence, st.sampled_from(sorted(SIGNALS)), st.floats(0.0, 1.0), st.integers(0, 3),
+       st.lists(st.lists(logprob, max_size=10), max_size=4), st.integers(0, 4))
 @settings(max_examples=300, deadline=None)
 def test_single_sequence_signal_equals_the_batch_scorer(values: list[float], name: str, q: float,
-                                                        k: int) -> None:
+                                                        k: int, others: list[list[float]],
+                                                        at: int) -> None:
+    """The hot path (a batch of one, no copies) equals the general ragged path with `seq`
+    among neighbours, empty ones included: a signal does not depend on its batch."""
     seq = _seq(values, k=k)
     spec = SignalSpec(name, q=q)
-    batch = compute_signals(RaggedBatch.from_sequences([seq]), [spec])[spec.key][0]
+    neighbours = [_seq(o, k=k) for o in others]
+    at = min(at, len(neighbours))
+    batch = RaggedBatch.from_sequences([*neighbours[:at], seq, *neighbours[at:]])
+    batched = compute_signals(batch, [spec])[spec.key][at]
     single = sequence_signal(seq, spec)
-    if math.isnan(batch):
+    if math.isnan(batched):
         assert math.isnan(single)
     else:
-        assert single == pytest.approx(batch, rel=1e-9, abs=1e-9)
+        assert single == pytest.approx(batched, rel=1e-9, abs=1e-9)
+    assert single == pytest.approx(signal_vector(seq, [spec])[spec.key], nan_ok=True)
+
+
+@given(st.lists(st.lists(logprob, max_size=8), min_size=1, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_segment_min_matches_a_loop(seqs: list[list[float]]) -> None:
+    out = segment_min(np.array([v for s in seqs for v in s], float),
+                      np.array([len(s) for s in seqs], np.int64))
+    for i, s in enumerate(seqs):
+        assert math.isnan(out[i]) if not s else out[i] == min(s)
+
+
+def test_every_signal_is_one_documented_table_entry() -> None:
+    for name, sig in SIGNALS.items():
+        assert sig.fn.__doc__ and "Example" in sig.fn.__doc__, name
+        assert not math.isnan(sequence_signal(_seq([-1.0, -2.0], k=2), SignalSpec(name))), name
+
+
+def test_an_empty_sequence_is_nan_for_every_signal() -> None:
+    empty = _seq([], k=2)
+    out = compute_signals(RaggedBatch.from_sequences([_seq([-1.0], k=2), empty]))
+    for spec in DEFAULT_SIGNALS:
+        assert not math.isnan(out[spec.key][0]), spec.key
+        assert math.isnan(out[spec.key][1]), spec.key
+        assert math.isnan(sequence_signal(empty, spec)), spec.key
+
+
+def test_a_new_token_signal_is_a_single_table_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    def neg_n_tokens(b: RaggedBatch, q: float) -> np.ndarray:
+        """Shorter is more confident. Example: ragged([-1, -3], [-2]) -> [-2, -1]."""
+        return np.asarray(-b.lengths, np.float64)
+
+    monkeypatch.setitem(SIGNALS, "neg_n_tokens", TokenSignal(neg_n_tokens))
+    spec = SignalSpec.parse("neg_n_tokens")
+    assert list(compute_signals(ragged([-1.0, -3.0], [-2.0]), [spec])["neg_n_tokens"]) == [-2, -1]
+    assert sequence_signal(_seq([-1.0, -2.0, -3.0]), spec) == -3.0
+
+
+def test_request_level_features_merge_into_one_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(FEATURES, "p_yes", Feature("a verifier's P(yes) that the answer is right"))
+    spec = SignalSpec.parse("p_yes")
+    assert spec.is_feature and spec.key == "p_yes" and not spec.needs_top_k
+    seq = _seq([-1.0, -3.0], nbytes=2)
+    flat = signal_vector(seq, [SignalSpec("mean_logprob"), spec], {"p_yes": 0.9})
+    assert flat["mean_logprob"] == -2.0 and flat["p_yes"] == 0.9 and flat["n_tokens"] == 2.0
+    assert sequence_signal(seq, spec, {"p_yes": 0.9}) == 0.9
+    assert math.isnan(sequence_signal(seq, spec))  # not measured: nothing to score
+    cols = compute_signals(ragged([-1.0], [-2.0]), [spec], {"p_yes": [0.1, 0.7]})
+    assert list(cols["p_yes"]) == [0.1, 0.7]
+    assert "p_yes" in compute_signals(ragged([-1.0]), (), {"p_yes": [0.5]})  # merged unasked
+    with pytest.raises(ScoringError, match="unknown request-level feature 'p_no'"):
+        compute_signals(ragged([-1.0]), (), {"p_no": [0.5]})
+    with pytest.raises(ScoringError, match="1 values for 2 sequences"):
+        compute_signals(ragged([-1.0], [-2.0]), [spec], {"p_yes": [0.5]})
+
+
+def test_parse_signal_option_names_the_option() -> None:
+    assert parse_signal_option("quantile_logprob:0.25").key == "quantile_logprob_q0.25"
+    with pytest.raises(InputError, match="--signal: unknown signal 'nope'"):
+        parse_signal_option("nope")
 
 
 def test_documented_example() -> None:

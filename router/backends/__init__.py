@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import assert_never
 
 from router.backends.base import (
     Backend,
@@ -14,7 +15,6 @@ from router.backends.base import (
     Usage,
 )
 from router.config import Settings, TierConfig, resolve_secret
-from router.errors import ConfigError
 
 __all__ = [
     "Backend",
@@ -60,7 +60,6 @@ def build_backend(
     if tier.backend == "openai_http":
         from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
 
-        assert tier.base_url is not None
         key = resolve_secret(
             tier.api_key, tier.api_key_env, dict(environ) if environ is not None else None
         )
@@ -81,7 +80,7 @@ def build_backend(
         from router.backends.vllm_engine import VllmEngineBackend
 
         return VllmEngineBackend(tier.model, tier.model)
-    raise ConfigError(f"tier {tier.name}: unknown backend {tier.backend!r}")
+    assert_never(tier)
 
 
 def build_backends(

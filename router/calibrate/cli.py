@@ -91,7 +91,6 @@ def calibrate_main(args: argparse.Namespace) -> int:
     from router.calibrate.sources import (
         Scored,
         attach_labels,
-        check_signal_name,
         score_prompts,
         scores_from_log,
     )
@@ -99,7 +98,7 @@ def calibrate_main(args: argparse.Namespace) -> int:
     from router.evalset import DEFAULT_SIZE, generate
     from router.evaluate.data import load_items, load_labels
     from router.policy import Policy, ThresholdRule, now_iso, save_policy
-    from router.scoring import SCORER_VERSION
+    from router.scoring import SCORER_VERSION, parse_signal_option
 
     if args.target_escalation is not None and not 0.0 <= args.target_escalation <= 1.0:
         raise InputError(f"--target-escalation must be in [0, 1], got {args.target_escalation}")
@@ -109,7 +108,7 @@ def calibrate_main(args: argparse.Namespace) -> int:
         raise InputError(f"--confidence must be in [0.5, 1), got {args.confidence}")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be positive, got {args.limit}")
-    signal = check_signal_name(args.signal) if args.signal else None
+    signal = parse_signal_option(args.signal) if args.signal else None
     labels = load_labels(args.labels) if args.labels is not None else None
     if args.log is not None and args.max_error is not None and labels is None:
         raise InputError("--max-error with --log needs --labels (which logged answers were "
@@ -138,7 +137,7 @@ def calibrate_main(args: argparse.Namespace) -> int:
             path = Path(args.prompts)
             items = load_items(path, require_label=False)[: args.limit]
             data = str(path)
-        spec = signal or check_signal_name(_default_signal(settings))
+        spec = signal or parse_signal_option(_default_signal(settings))
         max_tokens = args.max_tokens or settings.server.default_max_tokens
         backend = build_backend(settings.tiers[0], settings, os.environ)
 

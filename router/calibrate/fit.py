@@ -17,6 +17,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
+from router.decision import finite, passes
 from router.errors import PolicyError
 from router.policy import threshold_for_rate
 
@@ -37,21 +38,19 @@ def escalation_rate(scores: npt.ArrayLike, threshold: float) -> float:
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         return float("nan")
-    with np.errstate(invalid="ignore"):
-        accepted = np.isfinite(s) & (s >= threshold)
-    return float(1.0 - accepted.mean())
+    return float(1.0 - passes(s, threshold).mean())
 
 
 def fit_rate(scores: npt.ArrayLike, rate: float) -> Fit:
     """The threshold that escalates fraction `rate` of these scores (ties stay together)."""
     s = np.asarray(scores, dtype=np.float64)
-    finite = s[np.isfinite(s)]
+    fin = finite(s)
     # NaN scores escalate anyway: take them out of the rate the threshold has to produce
-    n_nan = s.size - finite.size
-    if finite.size == 0:
+    n_nan = s.size - fin.size
+    if fin.size == 0:
         raise PolicyError("cannot fit a threshold: no finite scores")
-    target = min(1.0, max(0.0, (rate * s.size - n_nan) / finite.size))
-    t = threshold_for_rate(finite, target)
+    target = min(1.0, max(0.0, (rate * s.size - n_nan) / fin.size))
+    t = threshold_for_rate(fin, target)
     esc = escalation_rate(s, t)
     return Fit(threshold=t, escalation_rate=esc, accepted=round((1 - esc) * s.size),
                n=int(s.size))

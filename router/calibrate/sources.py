@@ -120,12 +120,6 @@ def attach_labels(scored: Scored, labels: dict[str, tuple[bool, str]] | None,
     return out
 
 
-def check_signal_name(text: str) -> SignalSpec:
-    try:
-        return SignalSpec.parse(text)
-    except RouterError as exc:
-        raise InputError(f"--signal: {exc.message}") from None
-
 
 @dataclass
 class LearningRows:

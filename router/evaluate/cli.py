@@ -83,16 +83,16 @@ def eval_main(args: argparse.Namespace) -> int:
         return _selection_main(args)
     if args.out is None:
         raise InputError("--out DIR is required")
-    from router.calibrate.sources import check_signal_name
     from router.evalset import DEFAULT_MAX_TOKENS, DEFAULT_SEED, DEFAULT_SIZE, generate
     from router.evalset.heldout import generate_heldout
     from router.evaluate.data import load_items, load_recorded, write_recorded
     from router.evaluate.report import EVAL_SIGNALS, evaluate, format_table, plot_html
     from router.policy import load_policy
     from router.probes import probe_settings
+    from router.scoring import parse_signal_option
 
     rates = _rates(args.rates)
-    specs = tuple(check_signal_name(s) for s in args.signal) if args.signal else EVAL_SIGNALS
+    specs = tuple(parse_signal_option(s) for s in args.signal) if args.signal else EVAL_SIGNALS
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be positive, got {args.limit}")
     out: Path = args.out
@@ -150,7 +150,7 @@ def eval_main(args: argparse.Namespace) -> int:
 def _selection_main(args: argparse.Namespace) -> int:
     from router.evaluate.selection import evaluate_selection, format_selection
     from router.policy import Policy, TopFractionRule, load_policy
-    from router.scoring import SignalSpec
+    from router.scoring import SignalSpec, parse_signal_option
 
     if args.selection is None or args.scores is None:
         raise InputError("selection evaluation needs both --selection LABELS and --scores PARQUET")
@@ -164,16 +164,12 @@ def _selection_main(args: argparse.Namespace) -> int:
     if args.policy is not None:
         policy = load_policy(args.policy[0])
         if args.signal:
-            from router.calibrate.sources import check_signal_name
-
-            policy = Policy(policy.name, check_signal_name(args.signal[0]), policy.rule,
+            policy = Policy(policy.name, parse_signal_option(args.signal[0]), policy.rule,
                             policy.calibration, policy.source)
     else:
         if not 0.0 < args.keep_fraction <= 1.0:
             raise InputError(f"--keep-fraction must be in (0, 1], got {args.keep_fraction}")
-        from router.calibrate.sources import check_signal_name
-
-        spec = check_signal_name(args.signal[0]) if args.signal else SignalSpec(
+        spec = parse_signal_option(args.signal[0]) if args.signal else SignalSpec(
             "logprob_per_byte")
         policy = Policy(f"top-{args.keep_fraction:g}", spec,
                         TopFractionRule(keep=args.keep_fraction))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from router.decision import passes
 from router.errors import PolicyError
 from router.policy import DifferenceRule, Policy, keep_interval
 
@@ -63,15 +64,12 @@ def cut_points(policy: Policy, values: FloatArray, strata: list[str | None] | No
 
 
 def decide(values: FloatArray, cuts: Cuts, strata: list[str | None] | None = None) -> BoolArray:
-    """Kept mask: lo <= value <= hi of the record's stratum; NaN is never kept."""
+    """Kept mask: the value passes lo..hi of the record's stratum (NaN is never kept)."""
     if strata is None:
-        lo, hi = cuts.interval(None)
-        with np.errstate(invalid="ignore"):
-            return np.asarray((values >= lo) & (values <= hi), dtype=np.bool_)
+        return passes(values, *cuts.interval(None))
     los = np.array([cuts.interval(s if s is not None else "(missing)")[0] for s in strata])
     his = np.array([cuts.interval(s if s is not None else "(missing)")[1] for s in strata])
-    with np.errstate(invalid="ignore"):
-        return np.asarray((values >= los) & (values <= his), dtype=np.bool_)
+    return passes(values, los, his)
 
 
 def priorities(values: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:

@@ -42,7 +42,7 @@ def make_plan(opts: SelectOptions) -> ScorePlan:
         settings.tier(reference)
     return ScorePlan(model=model, reference=reference,
                      config=str(settings.source) if settings.source else None,
-                     signal=opts.policy.signal, batch_size=settings.select.batch_size,
+                     signal=opts.policy.token_signal, batch_size=settings.select.batch_size,
                      text_field=opts.text_field, id_field=opts.id_field,
                      text_format=opts.text_format, stratify=opts.stratify,
                      read_batch=opts.read_batch)

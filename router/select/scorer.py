@@ -9,7 +9,6 @@ row; any other error stops the run (finished shards stay resumable).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -186,8 +185,3 @@ class ScoreStep(Step):
     def run(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         for table in batches:
             yield self.score_table(table)
-
-
-def finite(x: float) -> float | None:
-    """NaN/inf -> None for JSON. Example: finite(float('nan')) -> None."""
-    return x if math.isfinite(x) else None

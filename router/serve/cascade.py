@@ -4,11 +4,16 @@
     stream(request) -> Outcome, then StreamDelta...   (the Outcome is yielded once the answering
                        tier is committed; nothing of a rejected answer is ever yielded)
 
+Both walk the tiers with one loop, `_walk`: each tier's call (`tier_call.WholeAnswer` for
+`run`, `StreamedAnswer` for `stream`) receives an answer, `_judge` decides on every one but
+the last tier's (empty, truncated, then the policy), and the loop escalates or commits;
+`_settle` closes the books of the answering tier. The last tier always answers.
+
 Streaming with early escalation: tier k streams into a buffer; from `stream_min_tokens` on, the
 running confidence of the buffered tokens is checked after every delta and the tier is aborted
 (its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens` (or
 at the end of the answer) the buffer is judged like a whole answer, then flushed and the rest
-streams straight through. The last tier always answers.
+streams straight through.
 """
 
 from __future__ import annotations
@@ -16,55 +21,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TypeVar
 
 from router import metrics
 from router.backends.base import Backend, Generation, GenerationRequest, StreamDelta, Usage
-from router.config import Settings, TierConfig
+from router.config import Settings
+from router.decision import rank, scorable
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
+from router.learned import LearnedSignal, confidence
 from router.policy import load_policy
-from router.scoring import SignalSpec, TokenLogprobs, sequence_signal
+from router.probes import probe_settings, run_probes
+from router.scoring import TokenLogprobs, signal_vector
 from router.serve.online import Decider, decider_for
+from router.serve.tier_call import Attempt, Received, StreamedAnswer, Tier, TierCall, WholeAnswer
 
 log = logging.getLogger("router.serve")
-
-
-@dataclass
-class Tier:
-    index: int
-    config: TierConfig
-    backend: Backend
-    decider: Decider | None  # None for the last tier
-    signal: SignalSpec  # the signal its answers are scored with
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-
-@dataclass
-class Attempt:
-    """One tier call of one request (a decision-log entry)."""
-
-    tier: str
-    model: str
-    outcome: str = "answered"  # accepted | escalated | answered | failed | gated
-    reason: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    latency_s: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    error: str | None = None
-
 
 @dataclass
 class Outcome:
@@ -104,70 +77,6 @@ class CascadeResult:
     outcome: Outcome
     generation: Generation
 
-
-def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
-    """Concatenate runs of tokens in one go (the chunks of a stream)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64))
-    if len(parts) == 1:
-        return parts[0]
-    top = None
-    tops = [p.top_logprobs for p in parts]
-    if all(t is not None for t in tops):
-        k = min(t.shape[1] for t in tops if t is not None)
-        top = np.concatenate([t[:, :k] for t in tops if t is not None])
-    return TokenLogprobs(np.concatenate([p.logprobs for p in parts]),
-                         np.concatenate([p.token_bytes for p in parts]), top)
-
-
-class TokenBuffer:
-    """The tokens of a stream so far, in arrays that grow by doubling: appending a delta and
-    reading the running total are O(delta), so a confidence after every token stays cheap."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._lp = np.empty(capacity, np.float64)
-        self._bytes = np.empty(capacity, np.int64)
-        self._top: np.ndarray | None = None  # (capacity, k), allocated with the first top-k
-        self._has_top = True
-        self.n = 0
-
-    def append(self, lp: TokenLogprobs) -> None:
-        m = len(lp)
-        if m == 0:
-            return
-        need = self.n + m
-        if need > len(self._lp):
-            cap = max(need, 2 * len(self._lp))
-            self._lp = np.resize(self._lp, cap)
-            self._bytes = np.resize(self._bytes, cap)
-            if self._top is not None:
-                self._top = np.resize(self._top, (cap, self._top.shape[1]))
-        self._lp[self.n:need] = lp.logprobs
-        self._bytes[self.n:need] = lp.token_bytes
-        top = lp.top_logprobs
-        if top is None or top.shape[1] == 0:
-            self._has_top = False
-        elif self._has_top:
-            if self._top is None:
-                self._top = np.empty((len(self._lp), top.shape[1]), np.float64)
-            k = min(self._top.shape[1], top.shape[1])
-            if k < self._top.shape[1]:
-                self._top = np.ascontiguousarray(self._top[:, :k])
-            self._top[self.n:need] = top[:, :k]
-        self.n = need
-
-    def view(self) -> TokenLogprobs:
-        top = self._top[:self.n] if self._has_top and self._top is not None else None
-        return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
-
-
-def confidence(model: str, lp: TokenLogprobs, spec: SignalSpec) -> float:
-    """The policy signal of one answer (NaN when it has no tokens)."""
-    del model  # one answer of one model: nothing to compare across models here
-    return sequence_signal(lp, spec)
-
-
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
     if isinstance(exc, RouterError):
         return exc
@@ -180,6 +89,8 @@ def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
 
 def _reason_for(err: RouterError) -> str:
     return "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
+
+Call = TypeVar("Call", bound=TierCall)
 
 
 class Cascade:
@@ -195,10 +106,13 @@ class Cascade:
             policy = (load_policy(settings.resolve(tc.policy)).for_serving()
                       if tc.policy is not None else default_policy)
             decider = decider_for(policy) if i < n - 1 else None
-            self.tiers.append(Tier(i, tc, backends[tc.name], decider, policy.signal))
+            self.tiers.append(Tier(i, tc, backends[tc.name], decider, policy.signal,
+                                   probe_settings(cfg.probes)))
         self.gate: Decider | None = None
         if cfg.prompt_gate is not None and n > 1:
-            self.gate = decider_for(load_policy(settings.resolve(cfg.prompt_gate.policy)))
+            gate = load_policy(settings.resolve(cfg.prompt_gate.policy))
+            gate.token_signal  # noqa: B018 - a gate scores the prompt text: one scorer signal
+            self.gate = decider_for(gate)
         for t in self.tiers:
             if t.decider is not None:
                 metrics.THRESHOLD.labels(t.name).set(t.decider.threshold)
@@ -220,12 +134,15 @@ class Cascade:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _account(self, tier: Tier, attempt: Attempt, usage: Usage | None, started: float,
-                 n_tokens: int = 0) -> None:
-        attempt.latency_s = time.perf_counter() - started
+    def _account(self, call: TierCall, usage: Usage | None, n_tokens: int) -> None:
+        tier, attempt = call.tier, call.attempt
+        attempt.latency_s = time.perf_counter() - call.started
         pt = usage.prompt_tokens if usage else 0
         ct = usage.completion_tokens if usage else n_tokens
         attempt.prompt_tokens, attempt.completion_tokens = pt, ct
+        if call.probe_usage is not None:  # the confidence probes' tokens are spent too
+            pt += call.probe_usage.prompt_tokens
+            ct += call.probe_usage.completion_tokens
         attempt.cost_usd = tier.config.price.cost(pt, ct)
         metrics.TOKENS.labels(tier.model, "prompt").inc(pt)
         metrics.TOKENS.labels(tier.model, "completion").inc(ct)
@@ -239,7 +156,7 @@ class Cascade:
         metrics.UPSTREAM_LATENCY.labels(tier.name, "error").observe(attempt.latency_s)
 
     def _escalate(self, out: Outcome, tier: Tier, attempt: Attempt, reason: str) -> None:
-        if attempt.outcome != "failed":
+        if attempt.outcome not in ("failed", "gated"):
             attempt.outcome = "escalated"
             metrics.WASTED_COST.labels(tier.model).inc(attempt.cost_usd)
         attempt.reason = reason
@@ -250,28 +167,68 @@ class Cascade:
         if attempt.score is not None:
             out.confidence = attempt.score
 
-    def _score(self, tier: Tier, attempt: Attempt, lp: TokenLogprobs) -> float:
-        score = confidence(tier.model, lp, tier.signal)
-        attempt.score = score if math.isfinite(score) else None
-        if math.isfinite(score):
+    def _score(self, tier: Tier, attempt: Attempt, lp: TokenLogprobs,
+               features: Mapping[str, float] | None = None) -> float:
+        score = confidence(tier.signal, lp, features)
+        attempt.score = score if scorable(score) else None
+        if scorable(score):
             metrics.CONFIDENCE.labels(tier.name).observe(score)
         return score
 
-    def _judge(self, tier: Tier, attempt: Attempt, score: float, text: str | None,
-               finish: str | None) -> str | None:
-        """None to accept, else the escalation reason (the decider records the score)."""
+    async def _probe(self, call: TierCall, got: Received) -> dict[str, float]:
+        """Run the confidence probes the tier's signal needs on what it answered (the whole
+        answer, or a stream's buffered first tokens); their tokens are the tier's cost too."""
+        tier, attempt = call.tier, call.attempt
+        gen = Generation(tier.model, got.text if got.text is not None else call.text_so_far,
+                         "length" if got.finish == "length" else "stop", got.logprobs,
+                         got.usage or Usage(0, len(got.logprobs)))
+        values, costs = await run_probes(tier.backend, call.request, gen, tier.probe_features,
+                                         tier.probes, partial=not got.complete)
+        attempt.probe_tokens = sum(c.tokens for c in costs.values())
+        attempt.probe_latency_s = sum(c.seconds for c in costs.values())
+        call.probe_usage = Usage(sum(c.prompt_tokens for c in costs.values()),
+                                 sum(c.completion_tokens for c in costs.values()))
+        return values
+
+    async def _judge(self, call: TierCall, got: Received) -> str | None:
+        """Score what the tier answered; None to accept, else the escalation reason (the decider
+        records the score). The escalation rule: hard reasons first, then the policy's
+        decision on the confidence (probes run first when the policy's signal needs them)."""
+        tier, attempt = call.tier, call.attempt
         cfg = self.settings.cascade
         assert tier.decider is not None
-        attempt.threshold = tier.decider.threshold
-        if text is not None and cfg.escalate_on_empty and not text.strip():
+        if got.text is not None and cfg.escalate_on_empty and not got.text.strip():
+            self._score(tier, attempt, got.logprobs)
+            attempt.threshold = tier.decider.threshold
             return "empty"
-        if finish == "length" and cfg.escalate_on_length:
+        if got.finish == "length" and cfg.escalate_on_length:
+            self._score(tier, attempt, got.logprobs)
+            attempt.threshold = tier.decider.threshold
             return "truncated"
+        features = await self._probe(call, got) if tier.probe_features else {}
+        score = self._score(tier, attempt, got.logprobs, features)
+        if isinstance(tier.signal, LearnedSignal):
+            values = signal_vector(got.logprobs,
+                                   [s for s in tier.signal.token_specs if s is not None],
+                                   features)
+            attempt.features = {f: (values[f] if math.isfinite(values.get(f, math.nan))
+                                    else None) for f in tier.signal.features}
+        attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
         return "low_confidence" if escalate else None
 
-    def _finish(self, out: Outcome, usage: Usage | None) -> None:
+    def _settle(self, out: Outcome, call: TierCall) -> None:
+        """The answering tier has delivered: account for it (a degraded answer was accounted
+        when it was rejected), score it if nothing judged it (the last tier), close the books."""
+        usage = call.usage
+        if not out.degraded:
+            lp = call.logprobs
+            self._account(call, usage, len(lp))
+            if call.attempt.outcome == "answered":
+                score = self._score(call.tier, call.attempt, lp)
+                if not out.escalated:
+                    out.confidence = score
         if usage is not None:
             out.counterfactual_cost_usd = self.top.config.price.cost(usage.prompt_tokens,
                                                                      usage.completion_tokens)
@@ -293,8 +250,8 @@ class Cascade:
             return False
         attempt.latency_s = time.perf_counter() - started
         metrics.UPSTREAM_LATENCY.labels(tier.name, "ok").observe(attempt.latency_s)
-        score = confidence(tier.model, lp, self.gate.signal)
-        attempt.score = score if math.isfinite(score) else None
+        score = confidence(self.gate.signal, lp)
+        attempt.score = score if scorable(score) else None
         attempt.threshold = self.gate.threshold
         if self.gate.decide(score):
             out.attempts.append(attempt)
@@ -303,163 +260,98 @@ class Cascade:
             return True
         return False
 
-    def _plan(self, direct: Tier | None) -> list[Tier]:
-        return [direct] if direct is not None else list(self.tiers)
+    # -- the tier loop -------------------------------------------------------------------------
 
-    # -- whole answers -------------------------------------------------------------------------
+    async def _walk(self, plan: list[Tier], out: Outcome,
+                    start: Callable[[Tier], Call]) -> Call:
+        """THE tier loop of `run` and `stream`: call each tier of the plan in turn; judge every
+        answer but the last tier's; escalate on a failure or a rejection, else commit.
+
+        Returns the call that answers (accepted, the last tier, or with `degraded_fallback` the
+        best rejected whole answer once every later tier failed) with `out.tier` set; raises
+        the last tier's error when there is none. A rejected or failed call is closed here; the
+        returned one is the caller's to deliver, `_settle` and close.
+        """
+        rejected: list[Call] = []
+        err: RouterError | None = None
+        for tier in plan:
+            last = tier is plan[-1]
+            call = start(tier)
+            out.attempts.append(call.attempt)
+            try:
+                got = await call.receive(judged=not last)
+            except Exception as exc:
+                await call.aclose()
+                err = _as_router_error(exc, tier)
+                self._failed(tier, call.attempt, err, call.started)
+                if not last:
+                    self._escalate(out, tier, call.attempt, _reason_for(err))
+                continue
+            except BaseException:  # cancelled, or the client went away
+                await call.aclose()
+                raise
+            try:
+                reason = None if last else await self._judge(call, got)
+            except Exception as exc:  # a probe failed: the tier cannot vouch for its answer
+                err = _as_router_error(exc, tier)
+                self._account(call, got.usage, len(got.logprobs))
+                self._escalate(out, tier, call.attempt, _reason_for(err))
+                call.attempt.error = err.message
+                await call.aclose()
+                continue
+            if reason is None:
+                if not last:
+                    call.attempt.outcome = "accepted"
+                    out.confidence = call.attempt.score
+                out.tier = tier
+                return call
+            await call.aclose()
+            self._account(call, got.usage, len(got.logprobs))
+            self._escalate(out, tier, call.attempt, reason)
+            if got.complete:
+                rejected.append(call)
+        if rejected and self.settings.cascade.degraded_fallback:
+            best = max(rejected, key=lambda c: rank(c.attempt.score))
+            out.tier, out.degraded = best.tier, True
+            log.warning("every higher tier failed; serving tier %s's answer (degraded)",
+                        best.tier.name)
+            return best
+        assert err is not None
+        raise err
+
+    def _start(self, direct: Tier | None) -> tuple[list[Tier], Outcome]:
+        plan = [direct] if direct is not None else list(self.tiers)
+        return plan, Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+
+    # -- whole answers and streams -------------------------------------------------------------
 
     async def run(self, request: GenerationRequest, *, direct: Tier | None = None,
                   prompt_text: str = "") -> CascadeResult:
-        plan = self._plan(direct)
-        out = Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+        plan, out = self._start(direct)
         if direct is None and await self._gate(out, prompt_text):
             plan = plan[1:]
-        rejected: list[tuple[Tier, Generation, float]] = []
-        err: RouterError | None = None
-        for tier in plan:
-            last = tier is plan[-1]
-            attempt = Attempt(tier.name, tier.model)
-            out.attempts.append(attempt)
-            started = time.perf_counter()
-            try:
-                gen = await tier.backend.generate(request)
-            except Exception as exc:
-                err = _as_router_error(exc, tier)
-                self._failed(tier, attempt, err, started)
-                if not last:
-                    self._escalate(out, tier, attempt, _reason_for(err))
-                continue
-            self._account(tier, attempt, gen.usage, started)
-            score = self._score(tier, attempt, gen.logprobs)
-            if not last:
-                reason = self._judge(tier, attempt, score, gen.text, gen.finish_reason)
-                if reason is not None:
-                    self._escalate(out, tier, attempt, reason)
-                    rejected.append((tier, gen, score))
-                    continue
-                attempt.outcome = "accepted"
-            out.tier = tier
-            if not out.escalated or direct is not None:
-                out.confidence = score
-            self._finish(out, gen.usage)
-            return CascadeResult(out, gen)
-        if rejected and self.settings.cascade.degraded_fallback:
-            tier, gen, score = max(rejected, key=lambda r: -math.inf if math.isnan(r[2]) else r[2])
-            out.tier, out.degraded = tier, True
-            self._finish(out, gen.usage)
-            log.warning("every higher tier failed; serving tier %s's answer (degraded)", tier.name)
-            return CascadeResult(out, gen)
-        assert err is not None
-        raise err
-
-    # -- streams -------------------------------------------------------------------------------
-
-    async def _probe(self, tier: Tier, it: AsyncIterator[StreamDelta], buffered: list[StreamDelta],
-                     attempt: Attempt) -> tuple[str | None, bool]:
-        """Buffer tier's stream until it can be judged: (escalation reason or None, complete)."""
-        cfg = self.settings.cascade
-        decider = tier.decider
-        assert decider is not None
-        parts = TokenBuffer()
-        n = 0
-        finish: str | None = None
-        async for delta in it:
-            buffered.append(delta)
-            if len(delta.logprobs):
-                parts.append(delta.logprobs)
-                n += len(delta.logprobs)
-            if delta.finish_reason is not None:
-                finish = delta.finish_reason
-                break
-            if n >= cfg.stream_min_tokens:
-                running = confidence(tier.model, parts.view(), tier.signal)
-                if running < decider.threshold:  # early escalation: abort this tier now
-                    attempt.threshold = decider.threshold
-                    self._score(tier, attempt, parts.view())
-                    decider.decide(running)
-                    metrics.THRESHOLD.labels(tier.name).set(decider.threshold)
-                    return "low_confidence", False
-            if n >= cfg.stream_buffer_tokens:
-                break
-        complete = finish is not None
-        score = self._score(tier, attempt, parts.view())
-        text = "".join(d.text for d in buffered) if complete else None
-        return self._judge(tier, attempt, score, text, finish), complete
+        call = await self._walk(plan, out, lambda tier: WholeAnswer(tier, request))
+        self._settle(out, call)
+        assert call.generation is not None
+        return CascadeResult(out, call.generation)
 
     async def stream(self, request: GenerationRequest, *, direct: Tier | None = None,
                      prompt_text: str = "") -> AsyncGenerator[Outcome | StreamDelta, None]:
-        plan = self._plan(direct)
-        out = Outcome(tier=plan[-1], signal=plan[-1].signal.key)
+        plan, out = self._start(direct)
         if direct is None and await self._gate(out, prompt_text):
             plan = plan[1:]
-        rejected: list[tuple[Tier, Attempt, list[StreamDelta]]] = []
-        err: RouterError | None = None
-        for tier in plan:
-            last = tier is plan[-1]
-            attempt = Attempt(tier.name, tier.model)
-            out.attempts.append(attempt)
-            started = time.perf_counter()
-            buffered: list[StreamDelta] = []
-            committed = False
-            it = tier.backend.stream(request)
-            try:
-                if last:
-                    async for delta in it:
-                        buffered.append(delta)
-                        break
-                else:
-                    reason, complete = await self._probe(tier, it, buffered, attempt)
-                    if reason is not None:
-                        n = sum(len(d.logprobs) for d in buffered)
-                        self._account(tier, attempt, _usage_of(buffered), started, n)
-                        self._escalate(out, tier, attempt, reason)
-                        if complete:
-                            rejected.append((tier, attempt, buffered))
-                        continue
-                    attempt.outcome = "accepted"
-                    out.confidence = attempt.score
-                out.tier = tier
-                committed = True
-                yield out
-                for delta in buffered:
-                    yield delta
-                async for delta in it:
-                    buffered.append(delta)
-                    yield delta
-                n = sum(len(d.logprobs) for d in buffered)
-                usage = _usage_of(buffered)
-                self._account(tier, attempt, usage, started, n)
-                if last:
-                    score = self._score(tier, attempt, join_logprobs([d.logprobs
-                                                                      for d in buffered]))
-                    if direct is not None:
-                        out.confidence = score
-                self._finish(out, usage)
-                return
-            except Exception as exc:
-                err = _as_router_error(exc, tier)
-                self._failed(tier, attempt, err, started)
-                if committed:
-                    raise err from None
-                if not last:
-                    self._escalate(out, tier, attempt, _reason_for(err))
-            finally:
-                await it.aclose()  # type: ignore[attr-defined]
-        if rejected and self.settings.cascade.degraded_fallback:
-            tier, attempt, buffered = max(
-                rejected, key=lambda r: -math.inf if r[1].score is None else r[1].score)
-            out.tier, out.degraded = tier, True
-            self._finish(out, _usage_of(buffered))
+        cfg = self.settings.cascade
+        call = await self._walk(plan, out, lambda tier: StreamedAnswer(tier, request, cfg))
+        try:
             yield out
-            for delta in buffered:
+            for delta in list(call.buffered):
                 yield delta
-            return
-        assert err is not None
-        raise err
-
-
-def _usage_of(deltas: Sequence[StreamDelta]) -> Usage | None:
-    for d in reversed(deltas):
-        if d.usage is not None:
-            return d.usage
-    return None
+            async for delta in call.rest():
+                yield delta
+        except Exception as exc:  # after the commit: the answer is cut, nothing to fall back to
+            err = _as_router_error(exc, call.tier)
+            self._failed(call.tier, call.attempt, err, call.started)
+            raise err from None
+        finally:
+            await call.aclose()
+        self._settle(out, call)

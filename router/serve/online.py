@@ -18,15 +18,16 @@ from typing import Protocol
 
 import numpy as np
 
+from router.decision import escalates, scorable
 from router.errors import PolicyError
+from router.learned import Confidence
 from router.policy import Policy, TargetRateRule, ThresholdRule
-from router.scoring import SignalSpec
 
 DEFAULT_GAIN = 0.05
 
 
 class Decider(Protocol):
-    signal: SignalSpec
+    signal: Confidence
 
     @property
     def threshold(self) -> float: ...
@@ -37,7 +38,7 @@ class Decider(Protocol):
 
 
 class ThresholdDecider:
-    def __init__(self, signal: SignalSpec, escalate_below: float) -> None:
+    def __init__(self, signal: Confidence, escalate_below: float) -> None:
         self.signal = signal
         self._threshold = escalate_below
 
@@ -46,13 +47,13 @@ class ThresholdDecider:
         return self._threshold
 
     def decide(self, score: float) -> bool:
-        return not math.isfinite(score) or score < self._threshold
+        return escalates(score, self._threshold)
 
 
 class TargetRateDecider:
     """Escalate the lowest `rate` of recent traffic. Example: rate 0.3, window 1000."""
 
-    def __init__(self, signal: SignalSpec, rule: TargetRateRule, *,
+    def __init__(self, signal: Confidence, rule: TargetRateRule, *,
                  gain: float = DEFAULT_GAIN) -> None:
         self.signal = signal
         self.rate = rule.escalation_rate
@@ -84,9 +85,9 @@ class TargetRateDecider:
         return value
 
     def decide(self, score: float) -> bool:
-        if not math.isfinite(score):
-            return True  # NaN: nothing to score; not part of the distribution
-        escalate = score < self.threshold
+        escalate = escalates(score, self.threshold)
+        if not scorable(score):
+            return escalate  # nothing to score: not part of the window either
         self._buf[self._n % len(self._buf)] = score
         self._n += 1
         if self._n > self.min_samples:

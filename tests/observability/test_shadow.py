@@ -13,13 +13,13 @@ from prometheus_client import REGISTRY
 from serve_helpers import FakeBackend
 
 from router.backends.base import ChatMessage, GenerationRequest
-from router.config import TierConfig
+from router.config import EmbeddedTier
 from router.errors import UpstreamError
 from router.scoring import TokenLogprobs
 from router.serve.shadow import ShadowSampler, suffix_mean_logprob, text_similarity
 
-TOP = TierConfig(name="large", backend="embedded", model="fake-large",
-                 price={"prompt_per_mtok": 10.0, "completion_per_mtok": 20.0})  # type: ignore[arg-type]
+TOP = EmbeddedTier(name="large", backend="embedded", model="fake-large",
+                  price={"prompt_per_mtok": 10.0, "completion_per_mtok": 20.0})  # type: ignore[arg-type]
 REQUEST = GenerationRequest(messages=(ChatMessage("user", "Hi?"),), max_tokens=8)
 
 

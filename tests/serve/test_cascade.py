@@ -154,3 +154,45 @@ async def test_stream_small_error_escalates_large_error_after_commit_raises(
     with pytest.raises(UpstreamError):
         async for _ in events:
             pass
+
+
+def _trace(out: Outcome) -> list[tuple[str, str, str | None, float | None]]:
+    return [(a.tier, a.outcome, a.reason, a.score) for a in out.attempts]
+
+
+@pytest.mark.parametrize(("small", "large", "cascade_cfg"), [
+    (FakeBackend("fake-small"), None, {}),
+    (FakeBackend("fake-small", logprob=-3.0), None, {}),
+    (FakeBackend("fake-small", tokens=[" ", "\n"]), None, {}),
+    (FakeBackend("fake-small", finish="length"), None, {"escalate_on_length": True}),
+    (FakeBackend("fake-small", error=UpstreamTimeout("slow")), None, {}),
+    (FakeBackend("fake-small", logprob=-3.0), FakeBackend("fake-large", error=UpstreamError("x")),
+     {}),
+])
+async def test_run_and_stream_walk_the_tiers_alike(
+        settings_factory: SettingsFactory, small: FakeBackend, large: FakeBackend | None,
+        cascade_cfg: dict[str, Any]) -> None:
+    """One tier loop: the same answers give the same attempts, reasons, scores and outcome."""
+    settings = settings_factory(escalate_below=-1.0, cascade=cascade_cfg)
+    ran = (await make(settings, small, large)[0].run(REQ)).outcome
+    streamed, _, _ = await collect(make(settings, small, large)[0])
+    assert _trace(streamed) == _trace(ran)
+    assert (streamed.tier.name, streamed.escalated, streamed.degraded, streamed.reason) == (
+        ran.tier.name, ran.escalated, ran.degraded, ran.reason)
+    assert streamed.confidence == ran.confidence
+    assert [a.cost_usd for a in streamed.attempts] == pytest.approx(
+        [a.cost_usd for a in ran.attempts])
+
+
+async def test_a_gated_attempt_stays_gated(settings_factory: SettingsFactory,
+                                           tmp_path: Any) -> None:
+    """The decision log marks the gate's prompt score as `gated`, so calibrate skips it."""
+    from serve_helpers import write_policy
+
+    gate = write_policy(tmp_path, "gate", {"kind": "threshold", "escalate_below": -2.0})
+    settings = settings_factory(escalate_below=-100.0,
+                                cascade={"prompt_gate": {"policy": str(gate)}})
+    cascade, _, _ = make(settings, small=FakeBackend("fake-small", score_logprob=-5.0))
+    out = (await cascade.run(REQ, prompt_text="gibberish")).outcome
+    assert [a.outcome for a in out.attempts] == ["gated", "answered"]
+    assert out.attempts[0].reason == "prompt_gate"

@@ -1,0 +1,268 @@
+"""One tier's answer as the cascade's tier loop sees it.
+
+    Tier, Attempt            a tier of the cascade; one call of it (a decision-log entry)
+    Received                 as much of an answer as the cascade has when it judges it
+    WholeAnswer              `run`: the whole Generation is what is received
+    StreamedAnswer           `stream`: deltas are buffered until the buffer is full, the answer
+                             ends or the running confidence early-escalates; `rest` streams on
+    TokenBuffer              the running tokens of a stream, O(delta) per append
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.backends.base import Backend, Generation, GenerationRequest, StreamDelta, Usage
+from router.config import CascadeConfig, TierConfig
+from router.decision import early_escalates
+from router.learned import Confidence, LearnedSignal, confidence
+from router.probes import ProbeSettings, is_probe_feature
+from router.scoring import TokenLogprobs
+from router.serve.online import Decider
+
+
+@dataclass
+class Tier:
+    index: int
+    config: TierConfig
+    backend: Backend
+    decider: Decider | None  # None for the last tier
+    signal: Confidence  # the signal (or learned rule) its answers are scored with
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        sig = self.signal
+        return sig.features if isinstance(sig, LearnedSignal) else (sig.key,)
+
+    @property
+    def probe_features(self) -> tuple[str, ...]:
+        """The request-level features its confidence needs (router.probes); empty when the
+        token logprobs of the answer are enough."""
+        return tuple(f for f in self.features if is_probe_feature(f))
+
+    def running_confidence(self, lp: TokenLogprobs) -> float:
+        """The confidence of a stream's first tokens, for early escalation; NaN (wait for the
+        buffer to be judged) when the confidence needs probes."""
+        return math.nan if self.probe_features else confidence(self.signal, lp)
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+
+@dataclass
+class Attempt:
+    """One tier call of one request (a decision-log entry)."""
+
+    tier: str
+    model: str
+    outcome: str = "answered"  # accepted | escalated | answered | failed | gated
+    reason: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+    probe_tokens: int = 0  # extra tokens this tier spent on confidence probes (in cost_usd)
+    probe_latency_s: float = 0.0
+    features: dict[str, float | None] | None = None  # the values its confidence came from
+
+def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
+    """Concatenate runs of tokens in one go (the chunks of a stream)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64))
+    if len(parts) == 1:
+        return parts[0]
+    top = None
+    tops = [p.top_logprobs for p in parts]
+    if all(t is not None for t in tops):
+        k = min(t.shape[1] for t in tops if t is not None)
+        top = np.concatenate([t[:, :k] for t in tops if t is not None])
+    return TokenLogprobs(np.concatenate([p.logprobs for p in parts]),
+                         np.concatenate([p.token_bytes for p in parts]), top)
+
+
+class TokenBuffer:
+    """The tokens of a stream so far, in arrays that grow by doubling: appending a delta and
+    reading the running total are O(delta), so a confidence after every token stays cheap."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._lp = np.empty(capacity, np.float64)
+        self._bytes = np.empty(capacity, np.int64)
+        self._top: np.ndarray | None = None  # (capacity, k), allocated with the first top-k
+        self._has_top = True
+        self.n = 0
+
+    def append(self, lp: TokenLogprobs) -> None:
+        m = len(lp)
+        if m == 0:
+            return
+        need = self.n + m
+        if need > len(self._lp):
+            cap = max(need, 2 * len(self._lp))
+            self._lp = np.resize(self._lp, cap)
+            self._bytes = np.resize(self._bytes, cap)
+            if self._top is not None:
+                self._top = np.resize(self._top, (cap, self._top.shape[1]))
+        self._lp[self.n:need] = lp.logprobs
+        self._bytes[self.n:need] = lp.token_bytes
+        top = lp.top_logprobs
+        if top is None or top.shape[1] == 0:
+            self._has_top = False
+        elif self._has_top:
+            if self._top is None:
+                self._top = np.empty((len(self._lp), top.shape[1]), np.float64)
+            k = min(self._top.shape[1], top.shape[1])
+            if k < self._top.shape[1]:
+                self._top = np.ascontiguousarray(self._top[:, :k])
+            self._top[self.n:need] = top[:, :k]
+        self.n = need
+
+    def view(self) -> TokenLogprobs:
+        top = self._top[:self.n] if self._has_top and self._top is not None else None
+        return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
+
+@dataclass
+class Received:
+    """As much of a tier's answer as the cascade has when it judges it."""
+
+    logprobs: TokenLogprobs
+    text: str | None = None  # the whole text; None while a stream is still incomplete
+    finish: str | None = None
+    usage: Usage | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.text is not None
+
+
+class TierCall(ABC):
+    """One call of one tier: `receive` fetches enough of the answer to judge it (`judged`) or
+    to commit to it (the last tier); `aclose` releases it. Subclasses: a whole answer (`run`),
+    a stream (`stream`)."""
+
+    request: GenerationRequest
+    probe_usage: Usage | None = None  # tokens the confidence probes spent on this call
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.attempt = Attempt(tier.name, tier.model)
+        self.started = time.perf_counter()
+
+    @property
+    def text_so_far(self) -> str:
+        """The answer's text received so far."""
+        return ""
+
+    @abstractmethod
+    async def receive(self, *, judged: bool) -> Received: ...
+
+    @property
+    @abstractmethod
+    def usage(self) -> Usage | None: ...
+
+    @property
+    @abstractmethod
+    def logprobs(self) -> TokenLogprobs:
+        """Every token received so far."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+class WholeAnswer(TierCall):
+    def __init__(self, tier: Tier, request: GenerationRequest) -> None:
+        super().__init__(tier)
+        self.request = request
+        self.generation: Generation | None = None
+
+    async def receive(self, *, judged: bool) -> Received:
+        gen = self.generation = await self.tier.backend.generate(self.request)
+        return Received(gen.logprobs, gen.text, gen.finish_reason, gen.usage)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.generation.usage if self.generation is not None else None
+
+    @property
+    def logprobs(self) -> TokenLogprobs:
+        assert self.generation is not None
+        return self.generation.logprobs
+
+
+class StreamedAnswer(TierCall):
+    """A tier's stream: the deltas received so far are `buffered`; `rest` streams the others."""
+
+    def __init__(self, tier: Tier, request: GenerationRequest, cfg: CascadeConfig) -> None:
+        super().__init__(tier)
+        self.request = request
+        self.cfg = cfg
+        self.buffered: list[StreamDelta] = []
+        self._it = tier.backend.stream(request)
+        self._done = False
+
+    async def receive(self, *, judged: bool) -> Received:
+        if not judged:  # the last tier: its first delta, so a failure before any byte falls back
+            async for delta in self._it:
+                self.buffered.append(delta)
+                break
+            return Received(self.logprobs)
+        decider = self.tier.decider
+        assert decider is not None
+        parts = TokenBuffer()
+        finish: str | None = None
+        async for delta in self._it:
+            self.buffered.append(delta)
+            parts.append(delta.logprobs)
+            if delta.finish_reason is not None:
+                finish = delta.finish_reason
+                break
+            if parts.n >= self.cfg.stream_min_tokens and early_escalates(
+                    self.tier.running_confidence(parts.view()), decider.threshold):
+                break  # early escalation: judged (and rejected) on what came so far
+            if parts.n >= self.cfg.stream_buffer_tokens:
+                break
+        text = "".join(d.text for d in self.buffered) if finish is not None else None
+        return Received(parts.view(), text, finish, self.usage)
+
+    async def rest(self) -> AsyncIterator[StreamDelta]:
+        """The deltas after the buffered ones (none once the stream is closed)."""
+        if self._done:
+            return
+        async for delta in self._it:
+            self.buffered.append(delta)
+            yield delta
+
+    @property
+    def usage(self) -> Usage | None:
+        for d in reversed(self.buffered):
+            if d.usage is not None:
+                return d.usage
+        return None
+
+    @property
+    def logprobs(self) -> TokenLogprobs:
+        return join_logprobs([d.logprobs for d in self.buffered])
+
+    @property
+    def text_so_far(self) -> str:
+        return "".join(d.text for d in self.buffered)
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._it.aclose()  # type: ignore[attr-defined]
