@@ -118,37 +118,55 @@ def yes_probability(tokens: Sequence[str], logprobs: Sequence[float]) -> float:
     return p_yes / total if total > 0 else math.nan
 
 
-def answer_key(text: str) -> tuple[str, frozenset[str]]:
-    """What two answers must share to agree: their set of numbers when the answer has any
-    (compared as numbers: "3,000" == "3000.0"), else the set of its first 16 folded words.
+STOPWORDS = frozenset((
+    "the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "for", "with", "is", "are",
+    "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "by",
+    "from", "you", "your", "we", "our", "they", "their", "i", "my", "me", "he", "she", "his",
+    "her", "there", "here", "which", "what", "who", "how", "do", "does", "did", "can", "could",
+    "will", "would", "should", "may", "might", "not", "no", "yes", "so", "if", "then", "than",
+    "also", "just", "about", "into", "out", "up", "all", "any", "some", "such", "very", "more",
+    "most", "one",
+))
 
-    >>> answer_key("17 + 25 = 42.")
-    ('numbers', frozenset({'17', '25', '42'}))
-    >>> answer_key("Paris, France")
-    ('words', frozenset({'france', 'paris'}))
+
+def answer_key(text: str, question: str = "") -> tuple[str, frozenset[str]]:
+    """What two answers to `question` must share to agree.
+
+    - the final number of the answer that the question does not already contain (compared as
+      numbers: "3,000" == "3000.0"), when there is one: "73 - 7 = 66" -> 66;
+    - else its content words (not stop words, not words of the question).
+
+    >>> answer_key("17 + 25 = 42.", "What is 17 + 25?")
+    ('number', frozenset({'42'}))
+    >>> sorted(answer_key("The capital of Kenya is Nairobi.", "What is the capital of Kenya?")[1])
+    ['nairobi']
     """
-    nums = numbers_in(text)
-    if nums:
-        return "numbers", frozenset(f"{x:g}" for x in nums)
-    return "words", frozenset(_WORD.findall(fold(text))[:16])
+    asked = set(numbers_in(question))
+    new = [x for x in numbers_in(text) if x not in asked]
+    if new:
+        return "number", frozenset({f"{new[-1]:g}"})
+    qwords = set(_WORD.findall(fold(question)))
+    words = [w for w in _WORD.findall(fold(text)) if w not in STOPWORDS and w not in qwords]
+    return "words", frozenset(words[:12])
 
 
-def answers_agree(a: str, b: str) -> bool:
-    """Numbers: the same set. Words: Jaccard similarity >= 0.5. Two empty answers agree.
+def answers_agree(a: str, b: str, question: str = "") -> bool:
+    """The same final number, or content words with Jaccard similarity >= 1/3 (two answers
+    with no content words agree).
 
     >>> answers_agree("The answer is 42", "42"), answers_agree("17 + 25 = 32", "17 + 25 = 42")
     (True, False)
     """
-    ka, kb = answer_key(a), answer_key(b)
+    ka, kb = answer_key(a, question), answer_key(b, question)
     if ka[0] != kb[0]:
         return False
-    if ka[0] == "numbers":
+    if ka[0] == "number":
         return ka[1] == kb[1]
     union = ka[1] | kb[1]
-    return not union or len(ka[1] & kb[1]) / len(union) >= 0.5
+    return not union or 3 * len(ka[1] & kb[1]) >= len(union)
 
 
-def agreement(greedy: str, samples: Sequence[str]) -> float:
+def agreement(greedy: str, samples: Sequence[str], question: str = "") -> float:
     """Fraction of `samples` that agree with `greedy` (NaN without samples).
 
     >>> agreement("42", ["42.", "The answer is 42", "41", "forty"])
@@ -156,7 +174,7 @@ def agreement(greedy: str, samples: Sequence[str]) -> float:
     """
     if not samples:
         return math.nan
-    return float(np.mean([answers_agree(greedy, s) for s in samples]))
+    return float(np.mean([answers_agree(greedy, s, question) for s in samples]))
 
 
 def question_of(request: GenerationRequest) -> str:
@@ -200,7 +218,8 @@ async def _verify(backend: Backend, request: GenerationRequest, gen: Generation,
 
 
 async def _consistency(backend: Backend, request: GenerationRequest, gen: Generation,
-                       settings: ProbeSettings, partial: bool) -> tuple[float, Spent]:
+                       settings: ProbeSettings, partial: bool,
+                       record: dict[str, Any] | None) -> tuple[float, Spent]:
     k = settings.consistency_samples
     base = request.seed if request.seed is not None else 0
     # a stream judges the first tokens of its answer: samples of the same length compare
@@ -212,7 +231,9 @@ async def _consistency(backend: Backend, request: GenerationRequest, gen: Genera
     outs = await asyncio.gather(*(backend.generate(r) for r in reqs))
     tokens = (sum(o.usage.prompt_tokens for o in outs), sum(o.usage.completion_tokens
                                                             for o in outs))
-    return agreement(gen.text, [o.text for o in outs]), tokens
+    if record is not None:
+        record["consistency_samples"] = [o.text for o in outs]
+    return agreement(gen.text, [o.text for o in outs], question_of(request)), tokens
 
 
 async def _prompt(backend: Backend, request: GenerationRequest) -> tuple[float, Spent]:
@@ -227,12 +248,13 @@ async def _prompt(backend: Backend, request: GenerationRequest) -> tuple[float, 
 
 async def run_probes(backend: Backend, request: GenerationRequest, gen: Generation,
                      features: Collection[str], settings: ProbeSettings = ProbeSettings(),
-                     *, partial: bool = False,
+                     *, partial: bool = False, record: dict[str, Any] | None = None,
                      ) -> tuple[dict[str, float], dict[str, ProbeCost]]:
     """The probe features in `features` for tier 0's answer `gen` to `request`, and what each
     probe cost. Probes run one after the other (an embedded engine runs one request at a time;
     on vLLM the k consistency samples run concurrently). `partial`: `gen` is the first tokens
-    of a streamed answer (judged at the stream buffer), not the whole answer."""
+    of a streamed answer (judged at the stream buffer), not the whole answer. `record`, when
+    given, receives what the probes saw (the sampled answers), for offline analysis."""
     probes = needed_probes(features)
     values: dict[str, float] = {}
     costs: dict[str, ProbeCost] = {}
@@ -243,7 +265,7 @@ async def run_probes(backend: Backend, request: GenerationRequest, gen: Generati
         costs["answer"] = ProbeCost(0, 0, 0.0)
     runners = {
         "verify": lambda: _verify(backend, request, gen, settings),
-        "consistency": lambda: _consistency(backend, request, gen, settings, partial),
+        "consistency": lambda: _consistency(backend, request, gen, settings, partial, record),
         "prompt": lambda: _prompt(backend, request),
     }
     names = {"verify": VERIFY, "consistency": CONSISTENCY, "prompt": PROMPT_FAMILIARITY}

@@ -55,6 +55,16 @@ def test_answers_compare_numbers_as_numbers() -> None:
     assert answers_agree("", "")
 
 
+def test_answers_are_compared_on_what_the_question_does_not_say() -> None:
+    q = "What is 73 - 7? Answer with the number only."
+    assert answer_key("73 - 7 = 66", q) == ("number", frozenset({"66"}))
+    assert answers_agree("73 - 7 = 66", "The result is 66.", q)
+    assert not answers_agree("73 - 7 = 3", "73 - 7 = 66", q)
+    q = "What is the capital of Kenya?"
+    assert answers_agree("The capital of Kenya is Nairobi.", "Nairobi", q)
+    assert not answers_agree("The capital of Kenya is Nairobi.", "The capital is Mombasa.", q)
+
+
 def test_agreement_is_the_fraction_of_samples_that_agree() -> None:
     assert agreement("42", ["42", "41", "42.", "The answer: 42"]) == pytest.approx(0.75)
     assert math.isnan(agreement("42", []))
@@ -125,9 +135,9 @@ async def test_run_probes_runs_only_what_the_features_need() -> None:
     values, costs = await run_probes(backend, req, gen, [VERIFY, CONSISTENCY, PROMPT_FAMILIARITY],
                                      ProbeSettings(consistency_samples=4))
     assert values[VERIFY] == pytest.approx(0.2 / 0.8)  # P(yes) 0.2 vs P(no) 0.6
-    # samples with seeds 1..4 answer "32", "32", "32", "42": three agree with "17 + 25 = 32"?
-    # no: the greedy answer's numbers are {17, 25, 32}, a sample "32" has {32}: none agree
-    assert values[CONSISTENCY] == 0.0
+    # samples with seeds 1..4 answer "32", "32", "32", "42"; the greedy "17 + 25 = 32" answers
+    # 32 (17 and 25 are the question's own numbers): three of four agree
+    assert values[CONSISTENCY] == 0.75
     assert values[PROMPT_FAMILIARITY] == pytest.approx(-1.0)  # (-1 - 3) / (2 + 2) bytes
     assert backend.scored == ["What is 17 + 25?"]
     sampled = [r for r in backend.requests if r.max_tokens == 8]

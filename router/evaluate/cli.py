@@ -41,6 +41,9 @@ def add_parser(subparsers: Any) -> None:
                    help="also fit a learned rule on this data and report its K-fold "
                         "out-of-fold signal (learned_cvK): each prompt scored by a rule that "
                         "never saw it")
+    p.add_argument("--rerun-tier", type=int, default=None, metavar="T",
+                   help="with --recorded: answer (and probe) again with tier T only, keep the "
+                        "other tiers' recorded answers")
     p.add_argument("--no-probes", action="store_true",
                    help="do not run the confidence probes (verification, sampling, prompt "
                         "familiarity) when running the models")
@@ -97,7 +100,33 @@ def eval_main(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be positive, got {args.limit}")
     out: Path = args.out
     outputs = out / "outputs.jsonl"
-    if args.recorded is not None:
+    if args.rerun_tier is not None and args.recorded is None:
+        raise InputError("--rerun-tier needs --recorded")
+    if args.recorded is not None and args.rerun_tier is not None:
+        from router.backends import build_backend
+        from router.config import load_settings
+        from router.evaluate.run import rerun_tier
+
+        records = load_recorded(args.recorded)[: args.limit]
+        data = str(args.recorded)
+        settings = load_settings(args.config)
+        if not 0 <= args.rerun_tier < len(settings.tiers):
+            raise InputError(f"--rerun-tier: the config has tiers 0..{len(settings.tiers) - 1}")
+        tier_cfg = settings.tiers[args.rerun_tier]
+        backend = build_backend(tier_cfg, settings, os.environ)
+
+        async def rerun() -> Any:
+            try:
+                probes = None if args.no_probes else probe_settings(settings.cascade.probes)
+                return await rerun_tier(records, args.rerun_tier, settings, backend,
+                                        max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+                                        probes=probes, log=_log)
+            finally:
+                await backend.aclose()
+
+        write_recorded(outputs, asyncio.run(rerun()))
+        records = load_recorded(outputs)
+    elif args.recorded is not None:
         records = load_recorded(args.recorded)[: args.limit]
         data = str(args.recorded)
     else:
@@ -138,7 +167,8 @@ def eval_main(args: argparse.Namespace) -> int:
     report = evaluate(records, specs=specs, rates=rates, data=data, policies=policies,
                       cv_folds=args.cv)
     out.mkdir(parents=True, exist_ok=True)
-    if args.recorded is not None and args.recorded.resolve() != outputs.resolve():
+    if (args.recorded is not None and args.rerun_tier is None
+            and args.recorded.resolve() != outputs.resolve()):
         write_recorded(outputs, records)
     (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (out / "plot.html").write_text(plot_html(report), encoding="utf-8")

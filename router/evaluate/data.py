@@ -118,6 +118,7 @@ class TierOutput:
     error: str | None = None
     features: Mapping[str, float] = field(default_factory=dict)  # probe signals
     probe_costs: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # tokens, s
+    samples: tuple[str, ...] = ()  # the consistency probe's sampled answers
 
     def to_json(self) -> dict[str, Any]:
         lp = self.logprobs
@@ -139,6 +140,8 @@ class TierOutput:
         if self.probe_costs:
             out["probe_costs"] = {k: {"tokens": t, "seconds": round(sec, 4)}
                                   for k, (t, sec) in self.probe_costs.items()}
+        if self.samples:
+            out["samples"] = list(self.samples)
         return out
 
 
@@ -190,13 +193,16 @@ def _tier_output(raw: Any, item: EvalItem, where: str) -> TierOutput:
     lp = (TokenLogprobs.from_lists(lps, [int(b) for b in nbytes], top) if lps else
           TokenLogprobs(np.zeros(0, np.float64), np.zeros(0, np.int64)))
     features, costs = _features(raw, w)
+    samples = raw.get("samples") or []
+    if not isinstance(samples, list) or not all(isinstance(x, str) for x in samples):
+        raise InputError(f"{w}: 'samples' must be a list of strings")
     return TierOutput(
         tier=name, model=str(raw.get("model", name)), text=text,
         finish_reason=str(raw.get("finish_reason", "stop")),
         prompt_tokens=int(raw.get("prompt_tokens", 0)),
         completion_tokens=int(raw.get("completion_tokens", len(lps))),
         cost_usd=float(raw.get("cost_usd", 0.0)), logprobs=lp, correct=correct,
-        error=raw.get("error"), features=features, probe_costs=costs)
+        error=raw.get("error"), features=features, probe_costs=costs, samples=tuple(samples))
 
 
 def _features(raw: Mapping[str, Any], where: str

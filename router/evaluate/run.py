@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,11 @@ async def answer_all(items: Sequence[EvalItem], tier: TierConfig, backend: Backe
         correct = check_answer(item.check, gen.text) if item.check is not None else False
         features: dict[str, float] = {}
         costs: dict[str, tuple[int, float]] = {}
+        seen: dict[str, Any] = {}
         if probes is not None:
             try:
-                features, spent = await run_probes(backend, req, gen, PROBE_FEATURES, probes)
+                features, spent = await run_probes(backend, req, gen, PROBE_FEATURES, probes,
+                                                   record=seen)
             except RouterError as exc:
                 log(f"{tier.name}: probes failed on {item.id}: {exc.message}")
             else:
@@ -58,7 +61,8 @@ async def answer_all(items: Sequence[EvalItem], tier: TierConfig, backend: Backe
             finish_reason=gen.finish_reason, prompt_tokens=gen.usage.prompt_tokens,
             completion_tokens=gen.usage.completion_tokens,
             cost_usd=tier.price.cost(gen.usage.prompt_tokens, gen.usage.completion_tokens),
-            logprobs=gen.logprobs, correct=correct, features=features, probe_costs=costs))
+            logprobs=gen.logprobs, correct=correct, features=features, probe_costs=costs,
+            samples=tuple(seen.get("consistency_samples", ()))))
         if (i + 1) % 10 == 0 or i + 1 == len(items):
             log(f"{tier.name}: {i + 1}/{len(items)} prompts "
                 f"({time.perf_counter() - started:.0f} s)")
@@ -78,3 +82,16 @@ async def run_tiers(items: Sequence[EvalItem], settings: Settings,
                                  probes=probes if t < last else None, log=log)
                 for t, tier in enumerate(settings.tiers)]
     return [Recorded(item, tuple(outs[i] for outs in per_tier)) for i, item in enumerate(items)]
+
+
+async def rerun_tier(records: Sequence[Recorded], t: int, settings: Settings,
+                     backend: Backend, *, max_tokens: int = DEFAULT_MAX_TOKENS,
+                     probes: ProbeSettings | None = ProbeSettings(),
+                     log: Callable[[str], None] = lambda _m: None) -> list[Recorded]:
+    """The recording with tier `t` answered (and probed) again, every other tier kept: to try
+    other probe settings without paying for the large tier again."""
+    tier = settings.tiers[t]
+    outs = await answer_all([r.item for r in records], tier, backend, max_tokens=max_tokens,
+                            probes=probes if t < len(settings.tiers) - 1 else None, log=log)
+    return [Recorded(r.item, (*r.outputs[:t], o, *r.outputs[t + 1:]))
+            for r, o in zip(records, outs, strict=True)]
