@@ -67,6 +67,8 @@ def scores_from_log(path: Path, signal: SignalSpec | None) -> Scored:
     skipped = 0
     for lineno, rec in read_jsonl(path):
         w = f"{path}:{lineno}"
+        if rec.get("kind") == "shadow":  # a quality sample's result, not a request
+            continue
         attempts = rec.get("tiers")
         if not isinstance(attempts, list) or "signal" not in rec:
             raise InputError(f"{w}: not a decision-log record (needs 'signal' and 'tiers')")
@@ -234,7 +236,12 @@ def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
     rows: list[dict[str, float]] = []
     correct: list[bool] = []
     model = tier = None
-    for lineno, rec in read_jsonl(path):
+    records = list(read_jsonl(path))
+    shadow = {str(r.get("id")): r["shadow"] for _, r in records
+              if r.get("kind") == "shadow" and isinstance(r.get("shadow"), dict)}
+    for lineno, rec in records:
+        if rec.get("kind") == "shadow":
+            continue
         w = f"{path}:{lineno}"
         attempts = rec.get("tiers")
         if not isinstance(attempts, list):
@@ -247,9 +254,8 @@ def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
         label: bool | None = None
         if labels is not None and rid in labels:
             label = labels[rid][0]
-        elif isinstance(rec.get("shadow"), dict) and isinstance(rec["shadow"].get("agree"),
-                                                                 bool):
-            label = bool(rec["shadow"]["agree"])
+        elif rid in shadow and isinstance(shadow[rid].get("agree"), bool):
+            label = bool(shadow[rid]["agree"])
         if label is None:
             continue
         rows.append({str(k): (math.nan if v is None else float(v))

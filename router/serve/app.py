@@ -98,7 +98,8 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
             state.shadow = ShadowSampler(
                 cascade.top.backend, cascade.top.config, fraction=shadow.fraction,
                 max_concurrency=shadow.max_concurrency, min_similarity=shadow.min_similarity,
-                min_logprob=shadow.min_logprob)
+                min_logprob=shadow.min_logprob,
+                record=state.decision_log.write if state.decision_log is not None else None)
         app.state.serve = state
         if preload:
             for tier in settings.tiers:

@@ -33,13 +33,13 @@ def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model:
 
 
 def _shadow(state: ServeState, outcome: Outcome, *, direct: bool, request: GenerationRequest,
-            prompt: str, answer: str) -> None:
+            prompt: str, answer: str, rid: str | None = None) -> None:
     """Quality sampling of an answer a lower tier gave and the cascade accepted."""
     if (state.shadow is None or direct or outcome.escalated or outcome.degraded
             or outcome.tier is state.cascade.top):
         return
     state.shadow.maybe_sample(tier=outcome.tier.name, request=request, prompt_text=prompt,
-                              answer=answer)
+                              answer=answer, rid=rid)
 
 
 def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int = 0
@@ -74,7 +74,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                      usage=gen.usage, logprobs=lp)
         _log(state, out, rid=rid, endpoint=endpoint, model=model, stream=False,
              started=started, prompt=prompt, usage=gen.usage)
-        _shadow(state, out, direct=direct is not None, request=request, prompt=prompt,
+        _shadow(state, out, direct=direct is not None, request=request, prompt=prompt, rid=rid,
                 answer=gen.text)
         return Response(orjson.dumps(payload), media_type="application/json",
                         headers=out.headers())
@@ -119,6 +119,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
             if include_usage:
                 yield writer.usage(usage or Usage(0, 0))
             _shadow(state, outcome, direct=direct is not None, request=request, prompt=prompt,
+                    rid=rid,
                     answer="".join(texts))
         except RouterError as err:
             status = err.status_code

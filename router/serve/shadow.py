@@ -11,6 +11,10 @@ answer after the prompt (prompt scoring). Recorded, by the tier that answered:
 - `router_shadow_agreements_total`: samples where either signal clears its bar,
 - `router_shadow_samples_total{outcome=scored|failed|dropped}`, `router_shadow_cost_usd_total`.
 
+With a decision log, each scored sample also becomes a log line of its own,
+`{"id": <request id>, "kind": "shadow", "shadow": {"tier", "agree", "similarity",
+"answer_logprob"}}`, so `router calibrate --log --learn` can use the agreement as a label.
+
 Concurrency is bounded: a sample that finds `max_concurrency` samples in flight is dropped (and
 counted), never queued, so a slow top tier cannot pile up work. Nothing here touches the
 client's response; every error is counted and logged, never raised into the request.
@@ -25,6 +29,8 @@ import math
 import random
 import re
 import unicodedata
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +88,8 @@ class ShadowSampler:
     def __init__(self, top_backend: Backend, top_tier: TierConfig, *, fraction: float,
                  max_concurrency: int = 2, min_similarity: float = 0.5,
                  min_logprob: float = -2.0, score_template: str = DEFAULT_SCORE_TEMPLATE,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         if max_concurrency < 1:
@@ -96,13 +103,14 @@ class ShadowSampler:
         self.score_template = score_template
         self._rng = rng if rng is not None else random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.record = record
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     def maybe_sample(self, *, tier: str, request: GenerationRequest, prompt_text: str,
-                     answer: str) -> bool:
+                     answer: str, rid: str | None = None) -> bool:
         """Call on the event loop after an answer from a lower tier was accepted. Returns at once;
         True when a background sample was started."""
         if self.fraction <= 0.0 or self._rng.random() >= self.fraction:
@@ -111,7 +119,7 @@ class ShadowSampler:
             metrics.SHADOW_SAMPLES.labels(tier, "dropped").inc()
             return False
         task = asyncio.get_running_loop().create_task(
-            self._sample(tier, request, prompt_text, answer))
+            self._sample(tier, request, prompt_text, answer, rid))
         self._tasks.add(task)
         metrics.SHADOW_IN_FLIGHT.inc()
         task.add_done_callback(self._done)
@@ -122,7 +130,7 @@ class ShadowSampler:
         metrics.SHADOW_IN_FLIGHT.dec()
 
     async def _sample(self, tier: str, request: GenerationRequest, prompt_text: str,
-                      answer: str) -> None:
+                      answer: str, rid: str | None = None) -> None:
         try:
             top_answer, lp = await self.compare(request, prompt_text, answer)
         except asyncio.CancelledError:
@@ -137,8 +145,14 @@ class ShadowSampler:
         metrics.SHADOW_SIMILARITY.labels(tier).observe(sim)
         if math.isfinite(lp):
             metrics.SHADOW_LOGPROB.labels(tier).observe(lp)
-        if sim >= self.min_similarity or (math.isfinite(lp) and lp >= self.min_logprob):
+        agree = sim >= self.min_similarity or (math.isfinite(lp) and lp >= self.min_logprob)
+        if agree:
             metrics.SHADOW_AGREEMENTS.labels(tier).inc()
+        if self.record is not None and rid is not None:
+            self.record({"id": rid, "kind": "shadow",
+                         "shadow": {"tier": tier, "agree": agree, "similarity": round(sim, 6),
+                                    "answer_logprob": round(lp, 6) if math.isfinite(lp)
+                                    else None}})
 
     async def compare(self, request: GenerationRequest, prompt_text: str,
                       answer: str) -> tuple[str, float]:

@@ -1,0 +1,117 @@
+"""A learned policy round-trips: fitted by `router calibrate --learn` on recorded answers, saved,
+loaded, and applied by `eval` and by the cascade in `serve`, with identical scores; the cascade
+runs exactly the probes the policy needs, and their tokens are costed."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_helpers import FakeBackend, make_settings
+
+from router.backends.base import ChatMessage, GenerationRequest
+from router.cli import main
+from router.evaluate.data import load_recorded
+from router.evaluate.report import evaluate, policy_scores
+from router.learned import LearnedSignal
+from router.policy import load_policy
+from router.serve.cascade import Cascade
+
+FEATURES = "mean_logprob,quantile_logprob_q0.1,prompt_logprob_per_byte,answer_tokens"
+REQ = GenerationRequest(messages=(ChatMessage("user", "What is 40 + 2?"),), max_tokens=16)
+
+
+def recorded(path: Path, n: int = 60) -> Path:
+    """Tier 0 is right more often on high logprobs and familiar prompts."""
+    rng = random.Random(3)
+    rows = []
+    for i in range(n):
+        conf, fam = rng.random(), rng.uniform(-2.5, -0.5)
+        ok = rng.random() < 0.6 * conf + 0.4 * (fam + 2.5) / 2
+        lps = [round(-3.0 * (1 - conf) - rng.random(), 3) for _ in range(rng.randint(2, 6))]
+        small = {"tier": "small", "model": "fake-small", "text": "a" * len(lps),
+                 "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": len(lps),
+                 "cost_usd": 1e-6, "correct": ok, "logprobs": lps,
+                 "token_bytes": [1] * len(lps), "top_logprobs": [[x, x - 1.0] for x in lps],
+                 "features": {"prompt_logprob_per_byte": round(fam, 4),
+                              "answer_tokens": len(lps)}}
+        large = {"tier": "large", "model": "fake-large", "text": "Big", "correct": True,
+                 "finish_reason": "stop", "cost_usd": 1e-5, "logprobs": [-0.1],
+                 "token_bytes": [3]}
+        rows.append({"id": f"q{i}", "prompt": "What is 40 + 2?", "tiers": [small, large]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def learned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
+    rec = recorded(tmp_path / "outputs.jsonl")
+    policy = tmp_path / "learned.yaml"
+    assert main(["calibrate", "--recorded", str(rec), "--learn", "--features", FEATURES,
+                 "--target-escalation", "0.3", "--policy-out", str(policy)]) == 0
+    printed = capsys.readouterr().out
+    assert "cross-validated AUROC (5 folds)" in printed
+    return rec, policy
+
+
+def test_fit_save_load_and_eval(learned: tuple[Path, Path]) -> None:
+    rec, path = learned
+    policy = load_policy(path)
+    sig = policy.signal
+    assert isinstance(sig, LearnedSignal) and sig.features == tuple(FEATURES.split(","))
+    for key in ("model", "scorer_version", "data", "n", "cv_auroc", "C", "folds"):
+        assert key in sig.fitted
+    assert sig.fitted["model"] == "fake-small" and sig.fitted["n"] == 60
+    assert policy.calibration["method"] == "target_escalation"
+    records = load_recorded(rec)
+    scores = policy_scores(policy, records)
+    t = policy.rule.escalate_below  # type: ignore[union-attr]
+    assert np.mean(scores < t) == pytest.approx(0.3, abs=0.02)  # the fitted rate, on its data
+    report = evaluate(records, policies=[policy], cv_folds=5)
+    row = report["signals"][f"policy:{policy.name}"]
+    assert row["features"] == list(sig.features)
+    assert row["auroc"] > 0.7 and report["signals"]["learned_cv5"]["auroc"] > 0.6
+    assert row["extra_tokens"] == 0  # the recording carries no probe costs
+
+
+async def test_serve_scores_like_eval_and_runs_only_the_needed_probes(
+        learned: tuple[Path, Path], tmp_path: Path) -> None:
+    rec, path = learned
+    policy = load_policy(path)
+    expected = policy_scores(policy, load_recorded(rec))
+    settings = make_settings(tmp_path, cascade={"policy": str(path)})
+    for i, row in enumerate(json.loads(x) for x in rec.read_text().splitlines()[:8]):
+        small_out = row["tiers"][0]
+        # the fake tier answers with the recorded logprobs (one byte per token), and scores the
+        # prompt at the recorded familiarity (its score() gives 3 one-byte tokens)
+        small = FakeBackend("fake-small", tokens=["a"] * len(small_out["logprobs"]),
+                            logprob=small_out["logprobs"],
+                            score_logprob=small_out["features"]["prompt_logprob_per_byte"])
+        large = FakeBackend("fake-large", tokens=["Big"])
+        cascade = Cascade(settings, {"small": small, "large": large})
+        result = await cascade.run(REQ)
+        attempt = result.outcome.attempts[0]
+        assert attempt.score == pytest.approx(expected[i], abs=1e-9)
+        assert small.calls == 1  # answer shape and prompt familiarity: no extra generation
+        assert attempt.features is not None and set(attempt.features) == set(FEATURES.split(","))
+        assert attempt.probe_tokens == 4  # the prompt scoring pass: 3 tokens + 1
+        escalated = attempt.score < policy.rule.escalate_below  # type: ignore[union-attr]
+        assert result.outcome.escalated == escalated
+        # the probe's tokens are costed at the small tier's prices: (5 + 4) prompt, n completion
+        n = len(small_out["logprobs"])
+        assert attempt.cost_usd == pytest.approx((9 * 1.0 + n * 2.0) / 1e6)
+
+
+async def test_a_stream_judges_its_buffer_with_the_probes(learned: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    _, path = learned
+    settings = make_settings(tmp_path, cascade={"policy": str(path), "stream_buffer_tokens": 2})
+    small = FakeBackend("fake-small", tokens=["a"] * 5, logprob=-0.05, score_logprob=-0.6)
+    cascade = Cascade(settings, {"small": small, "large": FakeBackend("fake-large")})
+    items = [x async for x in cascade.stream(REQ)]
+    outcome = items[0]
+    assert outcome.attempts[0].features["answer_tokens"] == 2.0  # judged on the buffer
+    assert outcome.attempts[0].probe_tokens == 4
