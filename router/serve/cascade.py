@@ -39,6 +39,7 @@ from router.serve.tier_call import Attempt, Received, StreamedAnswer, Tier, Tier
 
 log = logging.getLogger("router.serve")
 
+
 @dataclass
 class Outcome:
     """Which tier answers and why; becomes the x-router-* headers and the decision log."""
@@ -76,6 +77,7 @@ class Outcome:
 class CascadeResult:
     outcome: Outcome
     generation: Generation
+
 
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
     if isinstance(exc, RouterError):

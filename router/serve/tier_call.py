@@ -80,6 +80,7 @@ class Attempt:
     probe_latency_s: float = 0.0
     features: dict[str, float | None] | None = None  # the values its confidence came from
 
+
 def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
     """Concatenate runs of tokens in one go (the chunks of a stream)."""
     parts = [p for p in parts if len(p)]
@@ -136,6 +137,7 @@ class TokenBuffer:
         top = self._top[:self.n] if self._has_top and self._top is not None else None
         return TokenLogprobs(self._lp[:self.n], self._bytes[:self.n], top)
 
+
 @dataclass
 class Received:
     """As much of a tier's answer as the cascade has when it judges it."""
@@ -185,6 +187,8 @@ class TierCall(ABC):
 
 
 class WholeAnswer(TierCall):
+    """A tier's whole answer (`run`): the Generation is the probe."""
+
     def __init__(self, tier: Tier, request: GenerationRequest) -> None:
         super().__init__(tier)
         self.request = request
