@@ -43,7 +43,10 @@ def _numbers(values: Sequence[Any], what: str) -> FloatArray:
 
     Example: [-0.5, -1] -> array([-0.5, -1.0]); [-0.5, "x"] or [None] -> MalformedAnswer.
     """
-    arr = np.array(values)
+    try:
+        arr = np.array(values)
+    except (ValueError, TypeError):  # ragged nesting
+        raise MalformedAnswer(f"{what} must be a list of numbers") from None
     _expect(arr.ndim == 1 and arr.dtype.kind in "fi", f"{what} must be a list of numbers")
     return arr.astype(np.float64, copy=False)
 

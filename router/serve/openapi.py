@@ -154,8 +154,14 @@ def openapi_schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
     served = [settings.server.cascade_model, *(t.model for t in settings.tiers),
               *(t.name for t in settings.tiers)]
     for body in ("ChatBody", "CompletionBody"):
-        schemas[body]["properties"]["model"]["enum"] = sorted(set(served))
-    stream = {"text/event-stream": {"schema": {"type": "string"}}}
+        props = schemas[body]["properties"]
+        props["model"]["enum"] = sorted(set(served))
+        props["logit_bias"]["anyOf"][0]["additionalProperties"] = False  # token ids only
+    # OpenAPI 3.1: the schema of an event stream describes one event; `data` is a JSON chunk
+    # (`chat.completion.chunk` / `text_completion`, or an error body), the last one `[DONE]`
+    stream = {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"],
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
     paths = doc["paths"]
     for path, body_model, answer in (("/v1/chat/completions", ChatBody, ChatCompletion),
                                      ("/v1/completions", CompletionBody, TextCompletion)):

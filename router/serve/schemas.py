@@ -150,6 +150,17 @@ def _error_code(pydantic_type: str) -> str:
     return "invalid_value"
 
 
+def _first_error(exc: ValidationError) -> Any:
+    """The error to report: the first one, but for a parameter whose union of types failed
+    in every member, the member whose type matched and whose value did not (`stop` with five
+    strings is "too long", not "not a string")."""
+    errors = exc.errors()
+    first = errors[0]
+    same = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
+    value_errors = [e for e in same if _error_code(e["type"]) == "invalid_value"]
+    return value_errors[0] if value_errors else first
+
+
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Raw JSON -> a validated body, or an InputError naming the first bad parameter."""
     try:
@@ -161,7 +172,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = _first_error(exc)
         loc = ".".join(str(p) for p in err["loc"])
         msg = "Field required" if err["type"] == "missing" else err["msg"]
         raise InputError(f"{loc}: {msg}", param=str(err["loc"][0]) if err["loc"] else None,
