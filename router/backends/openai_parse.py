@@ -52,7 +52,7 @@ def _numbers(values: Sequence[Any], what: str) -> FloatArray:
 
 
 def _strings(values: Sequence[Any], what: str) -> None:
-    _expect(all(type(v) is str for v in values), f"{what} must be strings")
+    _expect(not values or set(map(type, values)) == {str}, f"{what} must be strings")
 
 
 def _sorted_top(top: FloatArray, tokens: list[list[str]] | None
@@ -104,25 +104,38 @@ def parse_chat_logprobs(obj: Any) -> Parsed:
     _expect(isinstance(content, list), "logprobs.content must be a list")
     if not content:
         return empty_logprobs(), None
+    n = len(content)
     try:
         tokens = [c["token"] for c in content]
         lps = [c["logprob"] for c in content]
-        raw_bytes = [c.get("bytes") for c in content]
-        raw_top = [c.get("top_logprobs") or [] for c in content]
-        top_lps = [[t["logprob"] for t in row] for row in raw_top]
-        top_toks = [[t["token"] for t in row] for row in raw_top]
+        raw_top = [c.get("top_logprobs") or () for c in content]
+        widths = list(map(len, raw_top))
+        _strings(tokens, "logprobs.content[].token")
+        nbytes = [len(b) if b is not None else len(t.encode())
+                  for b, t in zip([c.get("bytes") for c in content], tokens, strict=True)]
+        k = min(widths)
+        top: FloatArray | None = None
+        alt_rows: list[list[str]] | None = None
+        if k > 0 and max(widths) == k:  # the usual case: k alternatives everywhere, one pass
+            flat = [t for row in raw_top for t in row]
+            top_toks = [t["token"] for t in flat]
+            _strings(top_toks, "logprobs.content[].top_logprobs[].token")
+            top = _numbers([t["logprob"] for t in flat],
+                           "logprobs.content[].top_logprobs[].logprob").reshape(n, k)
+            alt_rows = [top_toks[i:i + k] for i in range(0, n * k, k)]
+            top, alt_rows = _sorted_top(top, alt_rows)
+        elif k > 0:
+            alt_rows = [[t["token"] for t in row] for row in raw_top]
+            for row in alt_rows:
+                _strings(row, "logprobs.content[].top_logprobs[].token")
+            top, alt_rows = _top_matrix([[t["logprob"] for t in row] for row in raw_top],
+                                        alt_rows, "logprobs.content[].top_logprobs[].logprob")
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedAnswer(f"logprobs.content entries need token and logprob ({exc!r})"
                               ) from None
-    _strings(tokens, "logprobs.content[].token")
-    for row in top_toks:
-        _strings(row, "logprobs.content[].top_logprobs[].token")
-    nbytes = [len(b) if isinstance(b, list) else len(t.encode()) for b, t in
-              zip(raw_bytes, tokens, strict=True)]
-    top, alt_tokens = _top_matrix(top_lps, top_toks, "logprobs.content[].top_logprobs[].logprob")
     lp = TokenLogprobs(_numbers(lps, "logprobs.content[].logprob"),
                        np.array(nbytes, np.int64), top, tuple(tokens))
-    return lp, _alternatives(alt_tokens)
+    return lp, _alternatives(alt_rows)
 
 
 def parse_completion_logprobs(obj: Any) -> Parsed:

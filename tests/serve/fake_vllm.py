@@ -7,7 +7,7 @@ Behaviour is picked by the requested model name:
     badjson        200 with a body that is not JSON
     cutstream      streams two chunks, then drops the connection without [DONE]
     flaky          503 on every other call (retries)
-    huge           an answer of HUGE_BYTES bytes (body or stream)
+    huge           an answer of HUGE_BYTES bytes of text, no logprobs (body or stream)
     bad-<case>     a 200 answer broken as MALFORMED[case] says (body and every stream chunk)
 
 Every request body is appended to RECEIVED (the tests read what reached the upstream).
@@ -169,7 +169,8 @@ async def chat(request: Request) -> Response:
                 if model == "cutstream" and i == 2:
                     raise RuntimeError("connection dropped")  # uvicorn closes mid-body
                 yield chunk([{"index": 0, "delta": {"content": tok},
-                              "logprobs": {"content": [chat_lp_entry(tok, lp, k)]},
+                              "logprobs": None if model == "huge"
+                              else {"content": [chat_lp_entry(tok, lp, k)]},
                               "finish_reason": None}])
             yield chunk([{"index": 0, "delta": {"content": ""}, "logprobs": None,
                           "finish_reason": "stop", "stop_reason": None}])
@@ -182,7 +183,8 @@ async def chat(request: Request) -> Response:
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
                                              "content": "".join(tokens), "tool_calls": []},
-                     "logprobs": {"content": [chat_lp_entry(t, lp, k) for t in tokens]},
+                     "logprobs": None if model == "huge"
+                     else {"content": [chat_lp_entry(t, lp, k) for t in tokens]},
                      "finish_reason": "stop", "stop_reason": None}],
         "usage": usage(len(tokens)), "prompt_logprobs": None,
     }))
@@ -207,7 +209,8 @@ async def completions(request: Request) -> Response:
                 yield b"data: " + orjson.dumps(_break(model, {
                     "id": rid, "object": "text_completion", "created": created, "model": model,
                     "choices": [{"index": 0, "text": tok,
-                                 "logprobs": completion_lp([tok], lp, k, pos),
+                                 "logprobs": None if model == "huge"
+                                 else completion_lp([tok], lp, k, pos),
                                  "finish_reason": None, "stop_reason": None}]})) + b"\n\n"
                 pos += len(tok)
             yield b"data: " + orjson.dumps(_break(model, {
@@ -220,7 +223,8 @@ async def completions(request: Request) -> Response:
     return JSONResponse(_break(model, {
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": "".join(tokens),
-                     "logprobs": completion_lp(tokens, lp, k), "finish_reason": "stop",
+                     "logprobs": None if model == "huge" else completion_lp(tokens, lp, k),
+                     "finish_reason": "stop",
                      "stop_reason": None, "prompt_logprobs": None}],
         "usage": usage(len(tokens)),
     }))
