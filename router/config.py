@@ -129,6 +129,14 @@ class ServerConfig(_Strict):
     api_keys: list[str] = Field(default_factory=list)
     api_keys_env: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    # the whole request body must arrive within this time (else 408); a request holds an
+    # admission slot only once its body is in
+    body_timeout_s: float = Field(15.0, gt=0)
+    # bytes read from one upstream answer (body or stream; ~1.3 KB per token at top-20
+    # logprobs); past that the answer is an upstream error
+    max_upstream_response_bytes: int = Field(8 << 20, ge=4096)
+    # /metrics and the per-tier details of /readyz need an API key too (/healthz stays open)
+    ops_require_key: bool = False
     max_tokens_limit: int = Field(1024, ge=1)
     default_max_tokens: int = Field(256, ge=1)
     default_temperature: float = Field(1.0, ge=0.0, le=2.0)  # when a request names none

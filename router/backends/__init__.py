@@ -58,7 +58,11 @@ def build_backend(
             template,
         )
     if tier.backend == "openai_http":
-        from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
+        from router.backends.openai_http import (
+            DEFAULT_MAX_RESPONSE_BYTES,
+            HttpSettings,
+            OpenAIHttpBackend,
+        )
 
         key = resolve_secret(
             tier.api_key, tier.api_key_env, dict(environ) if environ is not None else None
@@ -74,6 +78,8 @@ def build_backend(
                 max_concurrency=tier.max_concurrency,
                 max_retries=tier.max_retries,
                 continuous_usage=tier.stream_usage_every_chunk,
+                max_response_bytes=(settings.server.max_upstream_response_bytes
+                                    if settings is not None else DEFAULT_MAX_RESPONSE_BYTES),
             ),
         )
     if tier.backend == "vllm_engine":

@@ -25,6 +25,7 @@ from router.backends.base import (
     TopAlternatives,
     Usage,
 )
+from router.backends.collect import collect, empty_logprobs
 from router.backends.stops import StopScanner
 from router.errors import ConfigError, InputError
 from router.models import resolve_model_path
@@ -205,7 +206,7 @@ class EmbeddedBackend:
                 )
                 yield StreamDelta(
                     text=tail,
-                    logprobs=_empty_logprobs(),
+                    logprobs=empty_logprobs(),
                     finish_reason=finish,
                     usage=usage,
                 )
@@ -250,36 +251,3 @@ class EmbeddedBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._run(lambda e: e.tokenize(text, add_bos=e.add_bos))
-
-
-def _empty_logprobs() -> TokenLogprobs:
-    return TokenLogprobs(
-        np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, 1), np.float64), ()
-    )
-
-
-async def collect(model_id: str, deltas: AsyncIterator[StreamDelta]) -> Generation:
-    """Gather a stream into one Generation (shared by every backend's `generate`)."""
-    text: list[str] = []
-    lp = _empty_logprobs()
-    alts: list[tuple[str, ...]] = []
-    finish = "stop"
-    usage = Usage(0, 0)
-    async for d in deltas:
-        text.append(d.text)
-        if len(d.logprobs):
-            lp = lp.concat(d.logprobs) if len(lp) else d.logprobs
-            if d.alternatives is not None:
-                alts.extend(d.alternatives.tokens)
-        if d.finish_reason is not None:
-            finish = d.finish_reason
-        if d.usage is not None:
-            usage = d.usage
-    return Generation(
-        model=model_id,
-        text="".join(text),
-        finish_reason=finish,  # type: ignore[arg-type]
-        logprobs=lp,
-        usage=usage,
-        alternatives=TopAlternatives(tuple(alts)) if alts else None,
-    )

@@ -5,34 +5,32 @@ with exponential backoff on connection errors, 429 and 5xx (before any byte of a
 used). aiohttp rather than httpx: measured on this project's machines, httpx spent 0.75-0.95 ms
 of CPU per pooled request and its pool's work grows with connections and waiters, against
 0.12-0.22 ms for aiohttp (see bench/RESULTS.md); on the router's request path that was half of
-its CPU. Responses are parsed in vLLM's exact shapes:
-
-- chat:        choices[0].logprobs.content[] = {token, logprob, bytes, top_logprobs: [...]}
-- completions: choices[0].logprobs = {tokens, token_logprobs, top_logprobs, text_offset}
-- scoring:     `max_tokens: 1, prompt_logprobs: 0` ->
-               choices[0].prompt_logprobs = [null, {"<id>": {logprob, rank, decoded_token}}, ...]
+its CPU. Answers are read up to `max_response_bytes` (`server.max_upstream_response_bytes`) and
+parsed and validated in vLLM's exact shapes by `openai_parse`; an answer that is too big or
+malformed is an `UpstreamError` (the cascade escalates past it), never the client's error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-import numpy as np
 import orjson
 
-from router.backends.base import (
-    Generation,
-    GenerationRequest,
-    StreamDelta,
-    TopAlternatives,
-    Usage,
+from router.backends.base import FinishReason, Generation, GenerationRequest, StreamDelta, Usage
+from router.backends.collect import collect, empty_logprobs
+from router.backends.openai_parse import (
+    MalformedAnswer,
+    first_choice,
+    parse_answer,
+    parse_chunk,
+    parse_prompt_logprobs,
 )
-from router.backends.embedded import collect
 from router.errors import (
     InputError,
     RouterError,
@@ -43,6 +41,11 @@ from router.errors import (
 from router.scoring import TokenLogprobs
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: upstream 4xx answers that are about the client's request (relayed); any other 4xx (401, 403,
+#: 404: the router's own key, URL or model name is wrong) is the upstream failing
+CLIENT_STATUS = frozenset({400, 413, 422})
+DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class HttpSettings:
     continuous_usage: bool = False
     backoff_s: float = 0.25
     score_concurrency: int = 8
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # of one answer, stream or body
 
 
 class OpenAIHttpBackend:
@@ -117,53 +121,89 @@ class OpenAIHttpBackend:
     def _status_error(self, status: int, body: bytes) -> RouterError:
         message = body.decode("utf-8", errors="replace")[:500]
         try:
-            message = orjson.loads(body)["error"]["message"]
+            message = str(orjson.loads(body)["error"]["message"])[:500]
         except (ValueError, KeyError, TypeError):
             pass
         where = f"upstream {self.model_id} answered {status}"
         if status in RETRY_STATUS:
             cls = UpstreamUnavailable if status == 503 else UpstreamError
             return cls(f"{where}: {message}", upstream=self.model_id, retryable=True)
-        if 400 <= status < 500:
+        if status in CLIENT_STATUS:
             err = InputError(f"{where}: {message}")
             err.status_code = status
             return err
         return UpstreamError(f"{where}: {message}", upstream=self.model_id)
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        attempt = 0
+    async def _retried(self, attempt: Callable[[], AsyncIterator[T]]) -> AsyncGenerator[T, None]:
+        """Everything `attempt()` yields; a retryable failure (connection error, timeout, 429,
+        5xx) before it yielded anything runs it again after a jittered exponential backoff, up
+        to `max_retries` times. Once an item was handed out, a failure is raised as it is."""
+        tries = 0
         while True:
+            used = False
             try:
-                async with self._slots, self._client().post(
-                    self._base + path, data=orjson.dumps(body), timeout=self._timeout
-                ) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                if status >= 400:
-                    raise self._status_error(status, raw)
-                try:
-                    data = orjson.loads(raw)
-                except ValueError:
-                    raise UpstreamError(
-                        f"upstream {self.model_id} sent a body that is not JSON: "
-                        f"{raw[:200]!r}",
-                        upstream=self.model_id,
-                    ) from None
-                if not isinstance(data, dict):
-                    raise UpstreamError(
-                        f"upstream {self.model_id} sent {type(data).__name__}, not a JSON object",
-                        upstream=self.model_id,
-                    )
-                return data
+                async for item in attempt():
+                    used = True
+                    yield item
+                return
             except (aiohttp.ClientError, TimeoutError) as exc:
-                err: RouterError = self._translate(exc)
+                err = self._translate(exc)
             except UpstreamError as exc:
                 err = exc
-            if not getattr(err, "retryable", False) or attempt >= self.settings.max_retries:
+            if used or not err.retryable or tries >= self.settings.max_retries:
                 raise err
-            attempt += 1
+            tries += 1
             jitter = 0.5 + random.random()
-            await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1) * jitter)
+            await asyncio.sleep(self.settings.backoff_s * 2 ** (tries - 1) * jitter)
+
+    def _too_big(self) -> UpstreamError:
+        return UpstreamError(
+            f"upstream {self.model_id} sent an answer over "
+            f"{self.settings.max_response_bytes} bytes (server.max_upstream_response_bytes)",
+            upstream=self.model_id)
+
+    async def _read(self, resp: aiohttp.ClientResponse, *, truncate: bool = False) -> bytes:
+        """The body, at most `max_response_bytes` of it (counted after decompression): past
+        that an UpstreamError, or with `truncate` the first bytes (error bodies)."""
+        cap = self.settings.max_response_bytes
+        if not truncate and resp.content_length is not None and resp.content_length > cap:
+            raise self._too_big()
+        parts: list[bytes] = []
+        seen = 0
+        async for piece in resp.content.iter_any():
+            parts.append(piece)
+            seen += len(piece)
+            if seen > cap:
+                if truncate:
+                    break
+                raise self._too_big()
+        return b"".join(parts)
+
+    async def _post_once(self, path: str, content: bytes) -> AsyncIterator[dict[str, Any]]:
+        async with self._slots, self._client().post(
+            self._base + path, data=content, timeout=self._timeout
+        ) as resp:
+            if resp.status >= 400:
+                raise self._status_error(resp.status, await self._read(resp, truncate=True))
+            raw = await self._read(resp)
+        try:
+            data = orjson.loads(raw)
+        except ValueError:
+            raise self._malformed(f"the body is not JSON: {raw[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise self._malformed(f"{type(data).__name__}, not a JSON object")
+        yield data
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        content = orjson.dumps(body)
+        async with aclosing(self._retried(lambda: self._post_once(path, content))) as answers:
+            async for data in answers:
+                return data
+        raise AssertionError("unreachable: _post_once yields once or raises")
+
+    def _malformed(self, what: str) -> UpstreamError:
+        return UpstreamError(f"upstream {self.model_id} sent a malformed answer: {what}",
+                             upstream=self.model_id)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -199,61 +239,36 @@ class OpenAIHttpBackend:
         path, body = self._body(request, stream=False)
         data = await self._post(path, body)
         try:
-            choice = data["choices"][0]
-            if request.is_chat:
-                text = choice["message"].get("content") or ""
-                lp, alts = parse_chat_logprobs(choice.get("logprobs"))
-            else:
-                text = choice.get("text") or ""
-                lp, alts = parse_completion_logprobs(choice.get("logprobs"))
-            usage = data.get("usage") or {}
-            return Generation(
-                model=self.model_id,
-                text=text,
-                finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-                logprobs=lp,
-                usage=Usage(
-                    int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", len(lp)))
-                ),
-                alternatives=alts,
-            )
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamError(
-                f"upstream {self.model_id} sent an unexpected response shape: "
-                f"{type(exc).__name__}: {exc}",
-                upstream=self.model_id,
-            ) from None
+            text, finish, (lp, alts), usage = parse_answer(data, request.is_chat)
+        except MalformedAnswer as exc:
+            raise self._malformed(str(exc)) from None
+        return Generation(model=self.model_id, text=text, finish_reason=finish, logprobs=lp,
+                          usage=usage, alternatives=alts)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         path, body = self._body(request, stream=True)
         content = orjson.dumps(body)
-        attempt = 0
-        while True:
-            try:
-                async with self._slots, self._client().post(
-                    self._base + path, data=content, timeout=self._stream_timeout
-                ) as resp:
-                    if resp.status >= 400:
-                        raise self._status_error(resp.status, await resp.read())
-                    async for delta in self._parse_sse(resp, request.is_chat):
-                        attempt = -1  # bytes were used: never retry from here on
-                        yield delta
-                return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                err: UpstreamError = self._translate(exc)
-            except UpstreamError as exc:
-                err = exc
-            if attempt < 0 or not err.retryable or attempt >= self.settings.max_retries:
-                raise err
-            attempt += 1
-            await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1))
+        async with aclosing(self._retried(
+                lambda: self._stream_once(path, content, request.is_chat))) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _stream_once(self, path: str, content: bytes, chat: bool
+                           ) -> AsyncIterator[StreamDelta]:
+        async with self._slots, self._client().post(
+            self._base + path, data=content, timeout=self._stream_timeout
+        ) as resp:
+            if resp.status >= 400:
+                raise self._status_error(resp.status, await self._read(resp, truncate=True))
+            async for delta in self._parse_sse(resp, chat):
+                yield delta
 
     async def _parse_sse(self, resp: aiohttp.ClientResponse, chat: bool
                          ) -> AsyncIterator[StreamDelta]:
-        finish: str | None = None
+        finish: FinishReason | None = None
         usage: Usage | None = None
         done = False
-        async for line in sse_lines(resp.content):
+        async for line in sse_lines(resp.content, self.settings.max_response_bytes):
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
@@ -263,42 +278,27 @@ class OpenAIHttpBackend:
             try:
                 chunk = orjson.loads(payload)
             except ValueError:
+                raise self._malformed(f"a streamed chunk is not JSON: {payload[:200]!r}"
+                                      ) from None
+            if isinstance(chunk, dict) and "error" in chunk:
                 raise UpstreamError(
-                    f"upstream {self.model_id} streamed a chunk that is not "
-                    f"JSON: {payload[:200]!r}",
-                    upstream=self.model_id,
-                ) from None
-            if "error" in chunk:
-                raise UpstreamError(
-                    f"upstream {self.model_id} failed mid-stream: {chunk['error']}",
+                    f"upstream {self.model_id} failed mid-stream: {str(chunk['error'])[:500]}",
                     upstream=self.model_id,
                 )
-            chunk_usage = None
-            if chunk.get("usage"):
-                u = chunk["usage"]
-                usage = chunk_usage = Usage(int(u.get("prompt_tokens", 0)),
-                                            int(u.get("completion_tokens", 0)))
-            for choice in chunk.get("choices") or []:
-                if chat:
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    lp, alts = parse_chat_logprobs(choice.get("logprobs"))
-                else:
-                    text = choice.get("text") or ""
-                    lp, alts = parse_completion_logprobs(choice.get("logprobs"))
-                if choice.get("finish_reason"):
-                    finish = "length" if choice["finish_reason"] == "length" else "stop"
-                if text or len(lp):
-                    yield StreamDelta(text=text, logprobs=lp, alternatives=alts, usage=chunk_usage)
+            try:
+                deltas, chunk_finish, chunk_usage = parse_chunk(chunk, chat)
+            except MalformedAnswer as exc:
+                raise self._malformed(str(exc)) from None
+            finish = chunk_finish or finish
+            usage = chunk_usage or usage
+            for delta in deltas:
+                yield delta
         if not done:
             raise UpstreamError(
                 f"upstream {self.model_id} closed the stream before [DONE]", upstream=self.model_id
             )
-        yield StreamDelta(
-            text="",
-            logprobs=_empty(),
-            finish_reason=finish or "stop",  # type: ignore[arg-type]
-            usage=usage or Usage(0, 0),
-        )
+        yield StreamDelta(text="", logprobs=empty_logprobs(), finish_reason=finish or "stop",
+                          usage=usage or Usage(0, 0))
 
     async def generate_via_stream(self, request: GenerationRequest) -> Generation:
         return await collect(self.model_id, self.stream(request))
@@ -323,13 +323,10 @@ class OpenAIHttpBackend:
                     },
                 )
             try:
-                return parse_prompt_logprobs(data["choices"][0]["prompt_logprobs"], top_k)
-            except (KeyError, IndexError, TypeError) as exc:
-                raise UpstreamError(
-                    f"upstream {self.model_id} returned no prompt_logprobs ({exc}); it must be "
-                    "vLLM or another server that supports them",
-                    upstream=self.model_id,
-                ) from None
+                return parse_prompt_logprobs(first_choice(data).get("prompt_logprobs"), top_k)
+            except MalformedAnswer as exc:
+                raise self._malformed(f"{exc}; scoring needs vLLM or another server that "
+                                      "returns prompt_logprobs") from None
 
         return list(await asyncio.gather(*(one(t) for t in texts)))
 
@@ -339,7 +336,8 @@ class OpenAIHttpBackend:
                 self._base + "models",
                 timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
             ) as resp:
-                raw, status = await resp.read(), resp.status
+                status = resp.status
+                raw = await self._read(resp, truncate=status >= 400)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._translate(exc) from None
         if status >= 400:
@@ -354,93 +352,29 @@ class OpenAIHttpBackend:
         if self.settings.model not in served:
             raise UpstreamUnavailable(
                 f"upstream {self.settings.base_url} does not serve {self.settings.model!r} "
-                f"(it serves: {', '.join(sorted(served))})",
+                f"(it serves: {', '.join(sorted(map(str, served)))[:500]})",
                 upstream=self.model_id,
             )
 
 
-async def sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+async def sse_lines(content: aiohttp.StreamReader, max_bytes: int) -> AsyncIterator[str]:
     """The lines of an event stream, whatever their length (aiohttp's own line iterator stops
-    at 64 KiB, and a chunk with many top-k alternatives can be longer)."""
-    buf = b""
+    at 64 KiB, and a chunk with many top-k alternatives can be longer), in linear time; more
+    than `max_bytes` in all is an UpstreamError."""
+    tail: list[bytes] = []
+    seen = 0
     async for piece in content.iter_any():
-        buf += piece
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
-
-
-def _empty() -> TokenLogprobs:
-    return TokenLogprobs(
-        np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, 1), np.float64), ()
-    )
-
-
-def parse_chat_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives | None]:
-    """vLLM/OpenAI chat `logprobs` -> TokenLogprobs (+ top-k token strings)."""
-    if not obj or not obj.get("content"):
-        return _empty(), None
-    content = obj["content"]
-    lps = [float(c["logprob"]) for c in content]
-    nbytes = [
-        len(c["bytes"]) if c.get("bytes") is not None else len(c["token"].encode()) for c in content
-    ]
-    tops = [[float(t["logprob"]) for t in c.get("top_logprobs") or []] for c in content]
-    alts = tuple(tuple(t["token"] for t in c.get("top_logprobs") or []) for c in content)
-    has_top = all(tops)
-    return (
-        TokenLogprobs.from_lists(
-            lps, nbytes, tops if has_top else None, [c["token"] for c in content]
-        ),
-        TopAlternatives(alts) if has_top else None,
-    )
-
-
-def parse_completion_logprobs(obj: Any) -> tuple[TokenLogprobs, TopAlternatives | None]:
-    """Completions `logprobs` {tokens, token_logprobs, top_logprobs} -> TokenLogprobs."""
-    if not obj or not obj.get("tokens"):
-        return _empty(), None
-    tokens = list(obj["tokens"])
-    lps = [float(x) if x is not None else float("nan") for x in obj["token_logprobs"]]
-    nbytes = [len(t.encode()) for t in tokens]
-    raw_top = obj.get("top_logprobs") or []
-    tops = [sorted(((float(v), k) for k, v in (d or {}).items()), reverse=True) for d in raw_top]
-    has_top = bool(tops) and all(tops) and len(tops) == len(tokens)
-    alts = TopAlternatives(tuple(tuple(k for _, k in row) for row in tops)) if has_top else None
-    return (
-        TokenLogprobs.from_lists(
-            lps, nbytes, [[v for v, _ in row] for row in tops] if has_top else None, tokens
-        ),
-        alts,
-    )
-
-
-def parse_prompt_logprobs(entries: Sequence[Any], top_k: int = 0) -> TokenLogprobs:
-    """vLLM `prompt_logprobs` -> TokenLogprobs of every scored prompt token.
-
-    Example: [None, {"42": {"logprob": -1.5, "rank": 3, "decoded_token": " cat"}}] ->
-    logprobs [-1.5], token_bytes [4]. vLLM puts the prompt token itself first, then the top-k
-    alternatives (rank 1..k); the prompt token may appear among them only once.
-    """
-    lps: list[float] = []
-    nbytes: list[int] = []
-    toks: list[str] = []
-    tops: list[list[float]] = []
-    for entry in entries:
-        if entry is None:
-            continue
-        items = list(entry.values())
-        chosen = items[0]
-        lps.append(float(chosen["logprob"]))
-        tok = chosen.get("decoded_token") or ""
-        toks.append(tok)
-        nbytes.append(len(tok.encode("utf-8")))
-        if top_k > 0:
-            ranked = sorted(
-                (float(v["logprob"]) for v in items if v.get("rank", 1) <= top_k), reverse=True
-            )
-            tops.append(ranked[:top_k])
-    top = tops if top_k > 0 and tops and all(len(r) >= 1 for r in tops) else None
-    return TokenLogprobs.from_lists(lps, nbytes, top, toks)
+        seen += len(piece)
+        if seen > max_bytes:
+            raise UpstreamError(f"an upstream stream passed {max_bytes} bytes "
+                                "(server.max_upstream_response_bytes)")
+        *lines, rest = piece.split(b"\n")
+        if lines:
+            lines[0] = b"".join([*tail, lines[0]])
+            tail = []
+            for line in lines:
+                yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if rest:
+            tail.append(rest)
+    if tail:
+        yield b"".join(tail).rstrip(b"\r").decode("utf-8", errors="replace")

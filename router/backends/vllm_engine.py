@@ -26,7 +26,7 @@ from router.backends.base import (
     TopAlternatives,
     Usage,
 )
-from router.errors import InputError, ModelError
+from router.errors import InputError, ModelError, ScoringError, UpstreamError
 from router.scoring import TokenLogprobs
 
 
@@ -90,31 +90,8 @@ class VllmEngineBackend:
             max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0
         )
         outs = llm.generate(prompts, params, use_tqdm=False)
-        result = []
-        for prompt, out in zip(prompts, outs, strict=True):
-            ids = prompt["prompt_token_ids"][1:]
-            entries = out.prompt_logprobs[1:]
-            lps = [float(e[i].logprob) for e, i in zip(entries, ids, strict=True)]
-            pieces = [tok.decode([i]) for i in ids]
-            tops = None
-            if top_k > 0:
-                tops = [
-                    sorted(
-                        (
-                            float(v.logprob)
-                            for k, v in e.items()
-                            if v.rank is not None and v.rank <= top_k
-                        ),
-                        reverse=True,
-                    )[:top_k]
-                    for e in entries
-                ]
-            result.append(
-                TokenLogprobs.from_lists(
-                    lps, [len(p.encode("utf-8")) for p in pieces], tops, pieces
-                )
-            )
-        return result
+        return [prompt_logprobs_from_output(self.model_id, p["prompt_token_ids"], out, tok, top_k)
+                for p, out in zip(prompts, outs, strict=True)]
 
     async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
         seqs: list[TokenLogprobs] = await self._run(lambda llm: self._score_sync(llm, texts, top_k))
@@ -136,34 +113,7 @@ class VllmEngineBackend:
             out = llm.chat(msgs, params, use_tqdm=False)[0]
         else:
             out = llm.generate([req.prompt], params, use_tqdm=False)[0]
-        comp = out.outputs[0]
-        tok = llm.get_tokenizer()
-        ids = list(comp.token_ids)
-        lps, tops, alts, pieces = [], [], [], []
-        for i, entry in zip(ids, comp.logprobs or [], strict=False):
-            lps.append(float(entry[i].logprob))
-            ranked = sorted(
-                (
-                    (float(v.logprob), k)
-                    for k, v in entry.items()
-                    if v.rank is not None and v.rank <= req.top_logprobs
-                ),
-                reverse=True,
-            )
-            tops.append([v for v, _ in ranked])
-            alts.append(tuple(tok.decode([k]) for _, k in ranked))
-            pieces.append(tok.decode([i]))
-        lp = TokenLogprobs.from_lists(
-            lps, [len(p.encode()) for p in pieces], tops if tops and all(tops) else None, pieces
-        )
-        return Generation(
-            model=self.model_id,
-            text=comp.text,
-            finish_reason="length" if comp.finish_reason == "length" else "stop",
-            logprobs=lp,
-            usage=Usage(len(out.prompt_token_ids or []), len(ids)),
-            alternatives=TopAlternatives(tuple(alts)) if alts and all(alts) else None,
-        )
+        return generation_from_output(self.model_id, out, llm.get_tokenizer(), req.top_logprobs)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         gen: Generation = await self._run(lambda llm: self._generate_sync(llm, request))
@@ -179,3 +129,58 @@ class VllmEngineBackend:
             finish_reason=gen.finish_reason,
             usage=gen.usage,
         )
+
+
+def _ranked(entry: Any, top_k: int) -> list[tuple[float, int]]:
+    """One position's logprobs dict {token id: Logprob} -> [(logprob, id)] of ranks 1..k."""
+    return sorted(((float(v.logprob), k) for k, v in entry.items()
+                   if v.rank is not None and v.rank <= top_k), reverse=True)[:top_k]
+
+
+def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Generation:
+    """A vLLM `RequestOutput` -> Generation; an output without a logprob for every generated
+    token (or of another shape) is an UpstreamError, never a ScoringError blamed on the client.
+    """
+    try:
+        comp = out.outputs[0]
+        ids = list(comp.token_ids)
+        entries = list(comp.logprobs or [])
+        if len(entries) != len(ids):
+            raise ValueError(f"{len(ids)} tokens but {len(entries)} logprob entries")
+        lps, tops, alts, pieces = [], [], [], []
+        for i, entry in zip(ids, entries, strict=True):
+            lps.append(float(entry[i].logprob))
+            ranked = _ranked(entry, top_k)
+            tops.append([v for v, _ in ranked])
+            alts.append(tuple(tok.decode([k]) for _, k in ranked))
+            pieces.append(tok.decode([i]))
+        lp = TokenLogprobs.from_lists(
+            lps, [len(p.encode()) for p in pieces], tops if tops and all(tops) else None, pieces)
+        text = comp.text
+        if not isinstance(text, str):
+            raise TypeError(f"text is {type(text).__name__}")
+        return Generation(
+            model=model_id, text=text,
+            finish_reason="length" if comp.finish_reason == "length" else "stop",
+            logprobs=lp, usage=Usage(len(out.prompt_token_ids or []), len(ids)),
+            alternatives=TopAlternatives(tuple(alts)) if alts and all(alts) else None)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, ScoringError) as exc:
+        raise UpstreamError(f"vLLM engine {model_id} gave an output of an unexpected shape: "
+                            f"{type(exc).__name__}: {exc}", upstream=model_id) from None
+
+
+def prompt_logprobs_from_output(model_id: str, ids: Sequence[int], out: Any, tok: Any,
+                                top_k: int) -> TokenLogprobs:
+    """A vLLM `RequestOutput` of prompt scoring -> TokenLogprobs of tokens 1..n (the first
+    prompt token has no logprob); another shape is an UpstreamError."""
+    try:
+        scored = list(ids)[1:]
+        entries = list(out.prompt_logprobs)[1:]
+        lps = [float(e[i].logprob) for e, i in zip(entries, scored, strict=True)]
+        pieces = [tok.decode([i]) for i in scored]
+        tops = [[v for v, _ in _ranked(e, top_k)] for e in entries] if top_k > 0 else None
+        return TokenLogprobs.from_lists(lps, [len(p.encode("utf-8")) for p in pieces], tops,
+                                        pieces)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, ScoringError) as exc:
+        raise UpstreamError(f"vLLM engine {model_id} gave prompt logprobs of an unexpected "
+                            f"shape: {type(exc).__name__}: {exc}", upstream=model_id) from None

@@ -13,18 +13,22 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router._version import __version__
 from router.backends import Backend, build_backends
 from router.config import Settings
-from router.errors import InputError, OverloadedError, RouterError, UnknownModelError
+from router.errors import ConfigError, RouterError
 from router.serve.cascade import Cascade
 from router.serve.decision_log import DecisionLog
+from router.serve.error_handlers import (
+    http_error_handler,
+    internal_error_handler,
+    router_error_handler,
+)
 from router.serve.protection import ProtectionMiddleware
-from router.serve.routes import chat, completions, health, models
+from router.serve.routes import chat, completions, docs, health, models
 from router.serve.shadow import ShadowSampler
 from router.serve.state import ServeState
 
@@ -38,30 +42,6 @@ def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> t
     if env_name and environ is not None:
         keys += [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
     return tuple(keys)
-
-
-async def router_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RouterError)
-    headers = {}
-    if isinstance(exc, OverloadedError):
-        headers["retry-after"] = str(max(1, int(exc.retry_after)))
-    if exc.status_code >= 500:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code,
-                    exc.message)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
-
-
-async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    err: RouterError = (UnknownModelError(f"no route {request.url.path}", code="not_found")
-                        if exc.status_code == 404 else InputError(str(exc.detail)))
-    err.status_code = exc.status_code
-    return JSONResponse(err.body(), status_code=exc.status_code)
-
-
-async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return JSONResponse(RouterError("internal error").body(), status_code=500)
 
 
 def _no_native_telemetry() -> dict[str, Any]:
@@ -83,6 +63,9 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     owns = backends is None
     cascade = Cascade(settings, cascade_backends)  # loads and validates the policies now
     keys = resolve_api_keys(settings, environ)
+    if settings.server.ops_require_key and not keys:
+        raise ConfigError("server.ops_require_key needs API keys (server.api_keys or "
+                          "server.api_keys_env)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,9 +107,11 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     app.add_exception_handler(RouterError, router_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, internal_error_handler)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, health, docs):
         app.include_router(module.router)
     server = settings.server
     app.add_middleware(ProtectionMiddleware, api_keys=keys, max_body_bytes=server.max_body_bytes,
-                       max_in_flight=server.max_in_flight, max_queue=server.max_queue)
+                       max_in_flight=server.max_in_flight, max_queue=server.max_queue,
+                       body_timeout_s=server.body_timeout_s,
+                       ops_require_key=server.ops_require_key)
     return app

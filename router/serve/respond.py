@@ -4,6 +4,7 @@ log the decision."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,8 @@ from router.serve import openai_format as fmt
 from router.serve.cascade import Outcome
 from router.serve.decision_log import record_for
 from router.serve.state import ServeState
+
+log = logging.getLogger("router.serve")
 
 
 def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model: str,
@@ -53,8 +56,9 @@ def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int =
 
 async def respond(state: ServeState, *, chat: bool, model: str, request: GenerationRequest,
                   prompt: str, stream: bool, logprobs_k: int | None,
-                  include_usage: bool) -> Response:
-    """`logprobs_k`: None when the client did not ask for logprobs, else its top-k (may be 0)."""
+                  include_usage: bool, request_id: str) -> Response:
+    """`logprobs_k`: None when the client did not ask for logprobs, else its top-k (may be 0);
+    `request_id` is quoted in the error event of a stream that fails after its first byte."""
     cascade = state.cascade
     direct = cascade.route(model)
     started = time.perf_counter()
@@ -66,7 +70,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                 result = await cascade.run(request, direct=direct, prompt_text=prompt)
         except TimeoutError:
             raise UpstreamTimeout(f"no answer within {state.settings.server.request_timeout_s} s "
-                                  "(server.request_timeout_s)") from None
+                                  "(server.request_timeout_s)", public=True) from None
         gen, out = result.generation, result.outcome
         lp = _logprobs(chat, logprobs_k, gen.logprobs, gen.alternatives)
         build = fmt.chat_response if chat else fmt.completion_response
@@ -88,7 +92,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
     except TimeoutError:
         await events.aclose()
         raise UpstreamTimeout(f"no tier committed an answer within {limit} s "
-                              "(server.request_timeout_s)") from None
+                              "(server.request_timeout_s)", public=True) from None
     except BaseException:
         await events.aclose()
         raise
@@ -123,7 +127,9 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
                     answer="".join(texts))
         except RouterError as err:
             status = err.status_code
-            yield fmt.sse(err.body())
+            log.warning("%s stream failed after its first byte -> %d %s: %s [%s]", endpoint,
+                        status, err.type, err.message, request_id)
+            yield fmt.sse(err.client_body(request_id))
         finally:
             await events.aclose()
             _log(state, outcome, rid=rid, endpoint=endpoint, model=model, stream=True,

@@ -6,13 +6,18 @@ Behaviour is picked by the requested model name:
     slow           sleeps 5 s before answering (for timeouts)
     badjson        200 with a body that is not JSON
     cutstream      streams two chunks, then drops the connection without [DONE]
+    flaky          503 on every other call (retries)
+    huge           an answer of HUGE_BYTES bytes of text, no logprobs (body or stream)
+    bad-<case>     a 200 answer broken as MALFORMED[case] says (body and every stream chunk)
+
+Every request body is appended to RECEIVED (the tests read what reached the upstream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -22,11 +27,73 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 TOKENS = ["The", " answer", " is", " 42", "."]
-MODELS = ["ok", "ok-low", "error500", "slow", "badjson", "cutstream"]
+HUGE_BYTES = 1 << 20
+RECEIVED: list[dict[str, Any]] = []
+_CALLS: dict[str, int] = {}
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation that replaces the value at a dotted path of a choice, where there is one
+    ("logprobs.content.0.logprob"); `...` deletes the key."""
+    *head, last = path.split(".")
+
+    def mutate(choice: dict[str, Any]) -> None:
+        node: Any = choice
+        for part in head:
+            node = node[int(part)] if isinstance(node, list) else node.get(part)
+            if node is None:
+                return
+        key: Any = int(last) if isinstance(node, list) else last
+        if (key >= len(node)) if isinstance(node, list) else (key not in node):
+            return
+        if value is ...:
+            node.pop(key, None) if isinstance(node, dict) else node.pop(key)
+        else:
+            node[key] = value
+    return mutate
+
+
+def _each(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(choice: dict[str, Any]) -> None:
+        for m in mutations:
+            m(choice)
+    return mutate
+
+
+#: ways an upstream answer can be malformed, each applied to every choice of an answer (the
+#: chat and the completions variant of each case)
+MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
+    "content-int": _each(_set("message.content", 5), _set("delta.content", 5), _set("text", 5)),
+    "message-str": _each(_set("message", "hi"), _set("delta", ["hi"]), _set("text", ["hi"])),
+    "lp-ragged": _each(_set("logprobs.content.0.logprob", ...),
+                       _set("logprobs.token_logprobs", [])),
+    "lp-string": _each(_set("logprobs.content.0.logprob", "high"),
+                       _set("logprobs.token_logprobs.0", "high")),
+    "lp-null": _each(_set("logprobs.content.0.logprob", None), _set("logprobs.tokens.0", None)),
+    "lp-not-list": _each(_set("logprobs.content", "x"), _set("logprobs.tokens", 7)),
+    "lp-nested": _each(_set("logprobs.content.0.logprob", [[-1.0]]),
+                       _set("logprobs.token_logprobs.0", [-1.0])),
+    "top-not-list": _each(_set("logprobs.content.0.top_logprobs", 3),
+                          _set("logprobs.top_logprobs", [1, 2])),
+    "top-entry-str": _each(_set("logprobs.content.0.top_logprobs.0", "x"),
+                           _set("logprobs.top_logprobs.0", {"x": "y"})),
+    "token-int": _each(_set("logprobs.content.0.token", 3), _set("logprobs.tokens.0", 3)),
+    "finish-int": _set("finish_reason", 7),
+    "logprobs-list": _set("logprobs", [1]),
+    "usage-list": lambda c: None,  # the answer's usage, not a choice: see _break
+}
+MODELS = ["ok", "ok-low", "error500", "slow", "badjson", "cutstream", "flaky", "huge",
+          *(f"bad-{case}" for case in MALFORMED)]
 
 
 def _lp(model: str) -> float:
     return -4.0 if model == "ok-low" else -0.05
+
+
+def _tokens(model: str) -> list[str]:
+    if model == "huge":  # about HUGE_BYTES of text, in 64 KiB tokens
+        return ["x" * (64 << 10)] * (HUGE_BYTES // (64 << 10) + 1)
+    return TOKENS
 
 
 def chat_lp_entry(tok: str, lp: float, k: int) -> dict[str, Any]:
@@ -41,7 +108,7 @@ def completion_lp(tokens: list[str], lp: float, k: int, start: int = 0) -> dict[
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return {"text_offset": offsets, "token_logprobs": [lp] * len(tokens), "tokens": tokens,
+    return {"text_offset": offsets, "token_logprobs": [lp] * len(tokens), "tokens": list(tokens),
             "top_logprobs": [{t: lp, **{f"alt{j}": lp - 1.0 - j for j in range(k - 1)}}
                              for t in tokens]}
 
@@ -56,9 +123,23 @@ def usage(n: int) -> dict[str, Any]:
             "prompt_tokens_details": None}
 
 
+def _break(model: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The answer (or chunk) as model `bad-<case>` sends it."""
+    case = MALFORMED.get(model.removeprefix("bad-"))
+    if case is not None:
+        for choice in obj.get("choices") or []:
+            case(choice)
+        if model == "bad-usage-list":
+            obj["usage"] = [1, 2]
+    return obj
+
+
 async def _misbehave(model: str) -> Response | None:
+    _CALLS[model] = _CALLS.get(model, 0) + 1
     if model == "error500":
         return JSONResponse(error_body("EngineCore encountered an issue.", 500), status_code=500)
+    if model == "flaky" and _CALLS[model] % 2 == 1:
+        return JSONResponse(error_body("warming up", 503), status_code=503)
     if model == "slow":
         await asyncio.sleep(5)
     if model == "badjson":
@@ -68,6 +149,7 @@ async def _misbehave(model: str) -> Response | None:
 
 async def chat(request: Request) -> Response:
     body = await request.json()
+    RECEIVED.append(body)
     model = body["model"]
     bad = await _misbehave(model)
     if bad is not None:
@@ -78,16 +160,17 @@ async def chat(request: Request) -> Response:
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:
             def chunk(choices: list[Any], **extra: Any) -> bytes:
-                return b"data: " + orjson.dumps({"id": rid, "object": "chat.completion.chunk",
-                                                 "created": created, "model": model,
-                                                 "choices": choices, **extra}) + b"\n\n"
+                return b"data: " + orjson.dumps(_break(model, {
+                    "id": rid, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": choices, **extra})) + b"\n\n"
             yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
                           "logprobs": None, "finish_reason": None}])
-            for i, tok in enumerate(TOKENS):
+            for i, tok in enumerate(_tokens(model)):
                 if model == "cutstream" and i == 2:
                     raise RuntimeError("connection dropped")  # uvicorn closes mid-body
                 yield chunk([{"index": 0, "delta": {"content": tok},
-                              "logprobs": {"content": [chat_lp_entry(tok, lp, k)]},
+                              "logprobs": None if model == "huge"
+                              else {"content": [chat_lp_entry(tok, lp, k)]},
                               "finish_reason": None}])
             yield chunk([{"index": 0, "delta": {"content": ""}, "logprobs": None,
                           "finish_reason": "stop", "stop_reason": None}])
@@ -95,18 +178,21 @@ async def chat(request: Request) -> Response:
                 yield chunk([], usage=usage(len(TOKENS)))
             yield b"data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
-    return JSONResponse({
+    tokens = _tokens(model)
+    return JSONResponse(_break(model, {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
-                                             "content": "".join(TOKENS), "tool_calls": []},
-                     "logprobs": {"content": [chat_lp_entry(t, lp, k) for t in TOKENS]},
+                                             "content": "".join(tokens), "tool_calls": []},
+                     "logprobs": None if model == "huge"
+                     else {"content": [chat_lp_entry(t, lp, k) for t in tokens]},
                      "finish_reason": "stop", "stop_reason": None}],
-        "usage": usage(len(TOKENS)), "prompt_logprobs": None,
-    })
+        "usage": usage(len(tokens)), "prompt_logprobs": None,
+    }))
 
 
 async def completions(request: Request) -> Response:
     body = await request.json()
+    RECEIVED.append(body)
     model = body["model"]
     bad = await _misbehave(model)
     if bad is not None:
@@ -117,28 +203,31 @@ async def completions(request: Request) -> Response:
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:
             pos = 0
-            for i, tok in enumerate(TOKENS):
+            for i, tok in enumerate(_tokens(model)):
                 if model == "cutstream" and i == 2:
                     raise RuntimeError("connection dropped")
-                yield b"data: " + orjson.dumps({
+                yield b"data: " + orjson.dumps(_break(model, {
                     "id": rid, "object": "text_completion", "created": created, "model": model,
                     "choices": [{"index": 0, "text": tok,
-                                 "logprobs": completion_lp([tok], lp, k, pos),
-                                 "finish_reason": None, "stop_reason": None}]}) + b"\n\n"
+                                 "logprobs": None if model == "huge"
+                                 else completion_lp([tok], lp, k, pos),
+                                 "finish_reason": None, "stop_reason": None}]})) + b"\n\n"
                 pos += len(tok)
-            yield b"data: " + orjson.dumps({
+            yield b"data: " + orjson.dumps(_break(model, {
                 "id": rid, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop",
-                             "stop_reason": None}]}) + b"\n\n"
+                             "stop_reason": None}]})) + b"\n\n"
             yield b"data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
-    return JSONResponse({
+    tokens = _tokens(model)
+    return JSONResponse(_break(model, {
         "id": rid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": "".join(TOKENS),
-                     "logprobs": completion_lp(TOKENS, lp, k), "finish_reason": "stop",
+        "choices": [{"index": 0, "text": "".join(tokens),
+                     "logprobs": None if model == "huge" else completion_lp(tokens, lp, k),
+                     "finish_reason": "stop",
                      "stop_reason": None, "prompt_logprobs": None}],
-        "usage": usage(len(TOKENS)),
-    })
+        "usage": usage(len(tokens)),
+    }))
 
 
 async def models(request: Request) -> Response:

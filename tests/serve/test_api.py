@@ -79,13 +79,19 @@ def test_models_health_metrics(client: TestClient) -> None:
         assert name in text
 
 
-def test_readyz_reports_a_broken_tier(settings_factory: SettingsFactory) -> None:
+def test_readyz_reports_a_broken_tier(settings_factory: SettingsFactory,
+                                      caplog: pytest.LogCaptureFixture) -> None:
     from router.errors import UpstreamUnavailable
 
-    with client_for(settings_factory(),
-                    large=FakeBackend("fake-large", error=UpstreamUnavailable("down"))) as c:
+    down = UpstreamUnavailable("http://10.1.2.3:8001/v1 refused the connection")
+    with client_for(settings_factory(), large=FakeBackend("fake-large", error=down)) as c:
         r = c.get("/readyz")
-        assert r.status_code == 503 and r.json()["tiers"]["large"] == "down"
+    body = r.json()
+    assert r.status_code == 503 and body["tiers"] == {"small": "ok",
+                                                      "large": "upstream_unavailable"}
+    assert "10.1.2.3" not in r.text  # the reason is logged under the request id, not shown
+    logged = [rec.getMessage() for rec in caplog.records if body["request_id"] in rec.getMessage()]
+    assert len(logged) == 1 and "10.1.2.3" in logged[0]
 
 
 @pytest.mark.parametrize(("body", "param", "code"), [

@@ -1,0 +1,119 @@
+"""openai_parse against plain-loop references, and its refusals."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.backends.openai_parse import (
+    MalformedAnswer,
+    parse_answer,
+    parse_chat_logprobs,
+    parse_completion_logprobs,
+    parse_prompt_logprobs,
+)
+
+
+def chat_content(rng: random.Random, n: int, k: int, *, shuffled: bool) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        alts = [{"token": f"a{i}-{j}", "logprob": -rng.random() * 5} for j in range(k)]
+        if not shuffled:
+            alts.sort(key=lambda t: -t["logprob"])
+        tok = f"t{i}é"
+        out.append({"token": tok, "logprob": -rng.random() * 3,
+                    "bytes": list(tok.encode()) if i % 2 else None, "top_logprobs": alts})
+    return out
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 3), (64, 20)])
+def test_chat_logprobs_match_a_plain_loop(n: int, k: int, shuffled: bool) -> None:
+    content = chat_content(random.Random(n * 31 + k), n, k, shuffled=shuffled)
+    lp, alts = parse_chat_logprobs({"content": content})
+    assert alts is not None and lp.top_logprobs is not None
+    for i, c in enumerate(content):
+        assert lp.logprobs[i] == c["logprob"] and lp.tokens is not None
+        assert lp.token_bytes[i] == len(c["token"].encode()) and lp.tokens[i] == c["token"]
+        ranked = sorted(c["top_logprobs"], key=lambda t: -t["logprob"])
+        assert list(lp.top_logprobs[i]) == [t["logprob"] for t in ranked]
+        assert list(alts.tokens[i]) == [t["token"] for t in ranked]  # tokens follow the sort
+
+
+def test_ragged_top_rows_keep_each_rows_best() -> None:
+    content = [{"token": "a", "logprob": -1.0, "top_logprobs": [
+                   {"token": "x", "logprob": -3.0}, {"token": "y", "logprob": -2.0},
+                   {"token": "z", "logprob": -1.0}]},
+               {"token": "b", "logprob": -1.0, "top_logprobs": [
+                   {"token": "u", "logprob": -4.0}, {"token": "v", "logprob": -0.5}]}]
+    lp, alts = parse_chat_logprobs({"content": content})
+    assert lp.top_logprobs is not None and alts is not None
+    assert lp.top_logprobs.tolist() == [[-1.0, -2.0], [-0.5, -4.0]]
+    assert alts.tokens == (("z", "y"), ("v", "u"))
+
+
+def test_completion_and_prompt_logprobs() -> None:
+    lp, alts = parse_completion_logprobs({
+        "tokens": [" a", "b"], "token_logprobs": [None, -0.5],
+        "top_logprobs": [{" a": -1.0, " c": -0.2}, {"b": -0.5, "d": -3.0}]})
+    assert math.isnan(lp.logprobs[0]) and lp.logprobs[1] == -0.5
+    assert lp.top_logprobs is not None and lp.top_logprobs.tolist() == [[-0.2, -1.0],
+                                                                         [-0.5, -3.0]]
+    assert alts is not None and alts.tokens == ((" c", " a"), ("b", "d"))
+    lp = parse_prompt_logprobs([None, {"42": {"logprob": -1.5, "rank": 3, "decoded_token": " cat"},
+                                       "7": {"logprob": -0.1, "rank": 1, "decoded_token": " a"}}],
+                               top_k=1)
+    assert lp.logprobs.tolist() == [-1.5] and lp.token_bytes.tolist() == [4]
+    assert lp.top_logprobs is not None and lp.top_logprobs.tolist() == [[-0.1]]
+
+
+@pytest.mark.parametrize("bad", [
+    {"content": [{"token": "a", "logprob": "x"}]},
+    {"content": [{"token": "a", "logprob": None}]},
+    {"content": [{"token": "a", "logprob": True}]},
+    {"content": [{"token": 1, "logprob": -1.0}]},
+    {"content": [{"token": "a"}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": 3}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": ["x"]}]},
+    {"content": [{"token": "a", "logprob": [-1.0, -2.0]}]},
+    {"content": "x"}, [1], "x",
+])
+def test_malformed_chat_logprobs(bad: Any) -> None:
+    with pytest.raises(MalformedAnswer):
+        parse_chat_logprobs(bad)
+
+
+@pytest.mark.parametrize("bad", [
+    {"tokens": ["a", "b"], "token_logprobs": [-1.0]},
+    {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": -1}, {"b": -2}]},
+    {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": "x"}]},
+    {"tokens": [None], "token_logprobs": [-1.0]},
+    {"tokens": "ab", "token_logprobs": [-1.0]},
+])
+def test_malformed_completion_logprobs(bad: Any) -> None:
+    with pytest.raises(MalformedAnswer):
+        parse_completion_logprobs(bad)
+
+
+@pytest.mark.parametrize(("data", "chat"), [
+    ({"choices": [{"message": {"content": 5}}]}, True), ({"choices": [{"message": "hi"}]}, True),
+    ({"choices": []}, True), ({"choices": [3]}, True), ({"choices": [{"text": ["x"]}]}, False),
+    ([], False),
+    ({"choices": [{"text": "x"}], "usage": {"prompt_tokens": -1}}, False),
+    ({"choices": [{"text": "x"}], "usage": {"completion_tokens": 1.5}}, False),
+    ({"choices": [{"message": {"content": "x"}, "finish_reason": 7}]}, True),
+])
+def test_malformed_answers(data: Any, chat: bool) -> None:
+    with pytest.raises(MalformedAnswer):
+        parse_answer(data, chat=chat)
+
+
+def test_an_answer_with_null_content_is_empty_text() -> None:
+    text, finish, (lp, _), usage = parse_answer(
+        {"choices": [{"message": {"content": None}, "finish_reason": "length"}]}, chat=True)
+    assert (text, finish, len(lp), usage.completion_tokens) == ("", "length", 0, 0)
+    assert np.asarray(lp.logprobs).dtype == np.float64
