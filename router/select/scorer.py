@@ -10,6 +10,7 @@ stops the run (saved chunks stay resumable).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -194,6 +195,6 @@ def slices(table: pa.Table, per: int) -> Iterator[pa.Table]:
     valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
     starts = np.flatnonzero(valid)[::per]  # (pieces,) the first valid row of each piece
     cuts = [0, *starts[1:].tolist(), table.num_rows]
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         if b > a:
             yield table.slice(a, b - a)

@@ -105,16 +105,16 @@ class Report(Step):
         for step in self.upstream:
             sections.update(step.summary())
         return {
+            **self.run_info,
             "counts": counts,
             "reconciled": True,
             "reject_reasons": reasons,
             "policy": policy_to_dict(self.policy),
             "quantiles": quantiles(column),
-            "model": first.get("model", self.run_info.get("model")),
+            "model": first.get("model") or self.run_info.get("model"),
             "reference_model": first.get("ref_model"),
             "scorer_version": first.get("scorer_version"),
             "tokens": tokens,
-            **self.run_info,
             **sections,
             "pipeline_stats": dict(self.scored + stats_of(self.upstream)),
         }
