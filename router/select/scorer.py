@@ -190,7 +190,7 @@ class Score(Step):
 
 def slices(table: pa.Table, per: int) -> Iterator[pa.Table]:
     """Consecutive slices of `table` with at most `per` rows to score (rejected rows ride along
-    with the slice they fall in). Example: valid rows [1, 1, 0, 1, 1], per 2 -> rows [0, 2), [2, 5).
+    with the slice before them). Example: valid rows [1, 1, 0, 1, 1], per 2 -> rows [0, 3), [3, 5).
     """
     valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
     starts = np.flatnonzero(valid)[::per]  # (pieces,) the first valid row of each piece
