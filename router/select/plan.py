@@ -31,11 +31,13 @@ class ScorePlan:
     checkpoint_records: int = 256
     checkpoint_seconds: float = 30.0
     backends: Mapping[str, Backend] | None = None  # given by a caller; else built from settings
+    threads: int | None = None  # llama.cpp threads of an embedded tier (None: its n_threads)
 
     def build_backends(self) -> Mapping[str, Backend]:
         if self.backends is not None:
             return self.backends
-        return build_select_backends(self.settings, self.model, self.reference)
+        return build_select_backends(self.settings, self.model, self.reference,
+                                     threads=self.threads)
 
     def score_step(self) -> Score:
         backends = self.build_backends()
@@ -51,9 +53,11 @@ class ScorePlan:
                            every_seconds=self.checkpoint_seconds)]
 
 
-def build_select_backends(settings: Settings, model: str,
-                          reference: str | None = None) -> dict[str, Backend]:
-    """The scoring backends of a run, with the `select` section's window and stride applied."""
+def build_select_backends(settings: Settings, model: str, reference: str | None = None, *,
+                          threads: int | None = None) -> dict[str, Backend]:
+    """The scoring backends of a run, with the `select` section's window and stride applied;
+    `threads` sets an embedded tier's llama.cpp threads where its config leaves them unset
+    (a Ray actor owns one CPU: one thread each, not every CPU of the node each)."""
     from router.backends import build_backend
 
     out: dict[str, Backend] = {}
@@ -66,6 +70,8 @@ def build_select_backends(settings: Settings, model: str,
             tier = tier.model_copy(update={
                 "score_window": sel.window or tier.score_window,
                 "score_stride": sel.stride or tier.score_stride})
+        if tier.backend == "embedded" and threads and getattr(tier, "n_threads", None) is None:
+            tier = tier.model_copy(update={"n_threads": threads})
         out[name] = build_backend(tier, settings)
     return out
 

@@ -10,6 +10,7 @@ a checkpoint's worth of work per actor, as locally.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +61,8 @@ class RayEngine:
         from ray.util import ActorPool
 
         worker = self.ray.remote(num_cpus=1)(_Worker)
-        actors = [worker.remote(plan) for _ in range(min(self.workers, len(tasks)))]
+        one_cpu = dataclasses.replace(plan, threads=1)  # each actor owns one CPU
+        actors = [worker.remote(one_cpu) for _ in range(min(self.workers, len(tasks)))]
         try:
             pool = ActorPool(actors)
             for records, tokens in pool.map_unordered(
