@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,19 +61,20 @@ def _strata(tables: Sequence[pa.Table], masks: Sequence[np.ndarray[Any, Any]]
     return out
 
 
+@dataclass(eq=False)
 class CutPoints(Step):
     """Cut points of `policy` over every valid record; tables pass on carrying them in their
-    schema metadata (`CUTS_KEY`)."""
+    schema metadata (`CUTS_KEY`). `where` names the scores in error messages."""
 
     name = "cut_points"
+    policy: Policy
+    stratify: bool
+    where: str
+    cuts: Cuts | None = field(default=None, init=False)
 
-    def __init__(self, policy: Policy, *, stratify: bool, where: str) -> None:
-        super().__init__()
-        self.policy = policy
-        self.stratify = stratify
-        self.where = where
-        self.column = decision_column(policy)
-        self.cuts: Cuts | None = None
+    @property
+    def column(self) -> str:
+        return decision_column(self.policy)
 
     def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         held = [t for t in tables if t.num_rows]

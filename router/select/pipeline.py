@@ -155,7 +155,7 @@ def decide_steps(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
            "stratify": opts.read.stratify, "order": "score" if opts.order_by_score else "input",
            "from_scores": str(opts.from_scores) if opts.from_scores else None}
     return [*steps, Report(opts.out, opts.policy, upstream=steps, scored=work.totals(),
-                           run=run, timing=timing, log=log)]
+                           run_info=run, timing=timing, log=log)]
 
 
 def _decide(opts: SelectOptions, sources: list[Source], work: WorkDir, *, model: str | None,

@@ -24,7 +24,8 @@ A record table has one row per input record, rejected ones too (`record_schema`)
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -58,13 +59,13 @@ class Stats(dict[str, float]):
         return out
 
 
+@dataclass(eq=False)
 class Step:
-    """One stage of the pipeline: override `run`. Count what it does with `stat_update`."""
+    """One stage of the pipeline: override `run`. Count what it does with `stat_update`.
+    Subclasses are dataclasses of their options (or call `super().__init__()`)."""
 
-    name = "step"
-
-    def __init__(self) -> None:
-        self.stats = Stats()
+    name: ClassVar[str] = "step"
+    stats: Stats = field(default_factory=lambda: Stats(), init=False)
 
     def stat_update(self, key: str, value: float = 1.0) -> None:
         self.stats[key] = self.stats.get(key, 0.0) + value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +48,17 @@ def quantiles(values: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, float]
     return {f"p{round(q * 100)}": float(np.quantile(finite, q)) for q in QUANTILES}
 
 
+@dataclass(eq=False)
 class Report(Step):
     name = "report"
-
-    def __init__(self, out: Path, policy: Policy, *, upstream: Sequence[Step], scored: Stats,
-                 run: dict[str, Any], timing: dict[str, Any], log: Log) -> None:
-        """`scored`: pass 1's counts (from the work dir); `run`: what stats.json says about the
-        run (inputs, model, stratify, order, from_scores); `timing`: the engine, its step stats
-        and when the run started."""
-        super().__init__()
-        self.out = out
-        self.policy = policy
-        self.upstream = upstream
-        self.scored = scored
-        self.run_info = run
-        self.timing = timing
-        self.log = log
-        self.result: dict[str, Any] = {}  # stats.json, once the input is done
+    out: Path
+    policy: Policy
+    upstream: Sequence[Step]  # the steps before it: their stats and summaries
+    scored: Stats  # pass 1's counts, from the work dir
+    run_info: dict[str, Any]  # inputs, model, stratify, order, from_scores
+    timing: dict[str, Any]  # the engine, its workers, its step stats, when the run started
+    log: Log
+    result: dict[str, Any] = field(default_factory=dict, init=False)  # stats.json, at the end
 
     def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         col = decision_column(self.policy)

@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,15 @@ class WorkDir:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@dataclass(eq=False)
 class Checkpoint(Step):
     """Saves scored tables as chunks every `every_records` records or `every_seconds` seconds,
     whichever comes first (and at the end of its input); passes every table on."""
 
     name = "checkpoint"
-
-    def __init__(self, work: WorkDir, *, every_records: int, every_seconds: float) -> None:
-        super().__init__()
-        self.work = work
-        self.every_records = every_records
-        self.every_seconds = every_seconds
+    work: WorkDir
+    every_records: int
+    every_seconds: float
 
     def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         pending: list[pa.Table] = []
