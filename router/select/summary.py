@@ -124,7 +124,8 @@ class Report(Step):
                 "scoring_seconds": round(steps.get("scoring_seconds", 0.0), 3),
                 "backend_calls": int(steps.get("backend_calls", 0)),
                 "documents_per_second": round(scored_docs / seconds, 2) if scored_docs else None,
-                "tokens_per_second": round(scored_tokens / seconds, 1) if scored_tokens else None}
+                "tokens_per_second": round(scored_tokens / seconds, 1) if scored_tokens else None,
+                "pass1_steps": {k: round(v, 3) for k, v in sorted(steps.items())}}
 
     def _log(self, stats: dict[str, Any], timing: dict[str, Any]) -> None:
         c = stats["counts"]
