@@ -1,10 +1,12 @@
 """`router select` on the local engine against the Ray engine with 1 and 2 CPUs, on a generated
 corpus (the sample corpus's generator, several seeds), with the embedded model.
 
-    python bench/select_engines.py [--docs 3000] [--cpus 1 2] [--out FILE.json]
+    python bench/select_engines.py [--docs 3000] [--cpus 1 2] [--local-threads N] [--out FILE]
 
 Prints wall-clock seconds (Ray start, model loads and both passes included), documents/s and
-each run's speed-up over local; checks that every run wrote the same stats.json.
+each run's speed-up over local; checks that every run wrote the same stats.json. A Ray actor
+runs llama.cpp on one thread; the local engine on the tier's `n_threads` (default: every CPU),
+or `--local-threads N`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from router.policy import load_policy
 from router.select.options import SelectOptions
@@ -34,11 +38,23 @@ def corpus(path: Path, docs: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in recs[:docs]), encoding="utf-8")
 
 
+def config_with_threads(tmp: Path, threads: int) -> Path:
+    """config.yaml with n_threads set on every embedded tier (paths made absolute)."""
+    data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    for tier in data["tiers"]:
+        if tier.get("backend") == "embedded":
+            tier["n_threads"] = threads
+    data["cascade"]["policy"] = str(ROOT / data["cascade"]["policy"])
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--cpus", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--local-threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "select_engines.json"))
     args = ap.parse_args()
     policy = load_policy(ROOT / "policies" / "finetune-top.yaml")
@@ -47,14 +63,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "corpus.jsonl"
         corpus(data, args.docs)
-        runs: list[tuple[str, str, int | None]] = [("local", "local", None)]
+        local_config = (config_with_threads(Path(tmp), args.local_threads)
+                        if args.local_threads else None)
+        local = f"local threads={args.local_threads or os.cpu_count()}"
+        runs: list[tuple[str, str, int | None]] = [(local, "local", None)]
         runs += [(f"ray num_cpus={n}", "ray", n) for n in args.cpus]
         for name, engine, cpus in runs:
             out = Path(tmp) / name.replace(" ", "_")
             opts = SelectOptions(inputs=(str(data),), out=out, policy=policy,
                                  engine=engine,  # type: ignore[arg-type]
                                  ray_num_cpus=cpus, progress=False,
-                                 config=Path(args.config) if args.config else None)
+                                 config=local_config if engine == "local" else None)
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             run_select(opts, log=lambda _m: None)
@@ -65,7 +84,7 @@ def main() -> None:
                           "workers": timing["workers"], "load_avg_1m_before": load0}
             print(f"{name:16} {seconds:8.1f} s {args.docs / seconds:8.2f} docs/s "
                   f"(workers {timing['workers']}, load average {load0:.1f})", flush=True)
-    base = rows["local"]["seconds"]
+    base = rows[local]["seconds"]
     for name, r in rows.items():
         r["speedup_vs_local"] = round(base / r["seconds"], 2)
         print(f"{name:16} speed-up over local: {r['speedup_vs_local']:.2f}x")
