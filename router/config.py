@@ -190,6 +190,10 @@ class SelectConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     window: int | None = Field(None, ge=8)
     stride: int | None = Field(None, ge=1)
+    # scores are saved every this many records or seconds, whichever comes first: a killed
+    # run loses at most that much work (--checkpoint-records / --checkpoint-seconds)
+    checkpoint_records: int = Field(256, ge=1)
+    checkpoint_seconds: float = Field(30.0, gt=0)
 
 
 class Settings(_Strict):

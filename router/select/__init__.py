@@ -1,10 +1,12 @@
 """`router select`: score, filter and prioritise training corpora with the weak model.
 
-The pipeline is a list of steps with one signature, `run(batches) -> Iterator[Batch]`, over Arrow
-tables (datatrove's `PipelineStep`, on batches). Pass 1 reads and scores every shard and writes
-its scores; pass 2 takes cut points from the complete score column and writes kept/dropped
-shards from the scores and a re-read of the input (never re-scoring). The same steps run under
-`engines/local.py` and `engines/ray_data.py`.
+A run is two lists of steps with one signature, `run(tables) -> Iterator[pa.Table]` (datatrove's
+`PipelineStep`, on Arrow tables), composed by `steps.pipe` (`pipeline.py`). Pass 1, `Read ->
+Score -> Checkpoint`, reads and scores every range of every input and saves the scores; the
+engines only schedule it (`engines/local.py` in order, `engines/ray_actors.py` in parallel).
+Pass 2, `LoadScores -> DuplicateIds -> CutPoints -> Decide -> WriteScores -> WriteShards ->
+Report`, takes cut points from the complete score column and writes every output from the
+scores and a re-read of the input (never re-scoring).
 """
 
 from router.select.options import SelectOptions

@@ -46,7 +46,10 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reference", help="second tier: rank by model minus reference "
                                        "(Moore-Lewis difference)")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
-    p.add_argument("--ray-address", help="an existing Ray cluster (default: start one locally)")
+    p.add_argument("--ray-address", help="an existing Ray cluster, e.g. 127.0.0.1:6379 "
+                                         "(default: start one locally)")
+    p.add_argument("--ray-num-cpus", type=int, metavar="N",
+                   help="Ray workers (one model each; default: every CPU of the cluster)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (finished parts are not rescored)")
     p.add_argument("--order", choices=("input", "score"), default="input",
@@ -55,7 +58,16 @@ def add_select_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--from-scores", type=Path, metavar="PATH",
                    help="re-cut an earlier DIR/scores.parquet without rescoring")
     p.add_argument("--shard-size", type=int, default=None,
-                   help="records per resumable part and output shard (default 10000)")
+                   help="records per output shard (default 10000)")
+    p.add_argument("--checkpoint-records", type=int, metavar="N",
+                   help="save scores every N scored records (default: select."
+                        "checkpoint_records of the config, 256)")
+    p.add_argument("--checkpoint-seconds", type=float, metavar="S",
+                   help="... or every S seconds, whichever comes first (default: select."
+                        "checkpoint_seconds, 30)")
+    p.add_argument("--duplicate-ids", choices=("keep-first", "reject"), default="keep-first",
+                   help="records sharing an id: keep the first and reject the others "
+                        "(default), or reject them all; reported in stats.json either way")
     p.add_argument("--config", type=Path, help="config file (default: the repo's config.yaml)")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     p.add_argument("--metrics-textfile", type=Path, metavar="PATH",
@@ -119,21 +131,27 @@ def select_main(args: argparse.Namespace) -> int:
     from router.errors import RouterError
 
     try:
-        from router.select.options import DEFAULT_SHARD_SIZE, SelectOptions
+        from router.select.options import DEFAULT_SHARD_SIZE, ReadOptions, SelectOptions
         from router.select.pipeline import run_select
 
         if not args.inputs and args.from_scores is None:
             raise _usage("give at least one INPUT, or --from-scores PATH")
-        if args.shard_size is not None and args.shard_size < 1:
-            raise _usage("--shard-size must be at least 1")
+        for flag in ("shard_size", "checkpoint_records", "checkpoint_seconds", "ray_num_cpus"):
+            value = getattr(args, flag)
+            if value is not None and value <= 0:
+                raise _usage(f"--{flag.replace('_', '-')} must be positive")
         opts = SelectOptions(
             inputs=tuple(args.inputs), out=args.out, policy=_policy(args),
-            text_field=args.text_field, id_field=args.id_field, text_format=args.text_format,
+            read=ReadOptions(text_field=args.text_field, id_field=args.id_field,
+                             text_format=args.text_format, stratify=args.stratify),
             model=args.model, reference=args.reference, engine=args.engine,
-            resume=args.resume, order_by_score=args.order == "score", stratify=args.stratify,
+            resume=args.resume, order_by_score=args.order == "score",
             from_scores=args.from_scores, config=args.config,
             shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+            duplicate_ids=args.duplicate_ids, checkpoint_records=args.checkpoint_records,
+            checkpoint_seconds=args.checkpoint_seconds,
             progress=False if args.no_progress else None, ray_address=args.ray_address,
+            ray_num_cpus=args.ray_num_cpus,
             metrics_textfile=args.metrics_textfile, pushgateway=args.pushgateway)
         run_select(opts)
     except RouterError as exc:

@@ -1,72 +1,103 @@
-"""Pass 2's writer side: re-read an input once, in order, and route each record of a scored
-part to its kept or dropped shard with the score columns added. Text is read here only to be
-copied; decisions come from the scores."""
+"""The `WriteShards` step: kept/ and dropped/ shards, one pair per `shard_size` records of each
+input. Each input is re-read once, in order, and each record is routed to its kept or dropped
+shard with the score columns added. Text is read here only to be copied; decisions come from
+the scores. At the end the records written must equal the records decided.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from router.errors import InputError
-from router.select.options import SelectOptions
-from router.select.readers import RecordReader, Source
-from router.select.steps import Batch
+from router.select.options import ReadOptions
+from router.select.readers import Read
+from router.select.sources import Source
+from router.select.steps import Step
 from router.select.writers import ShardWriter, shard_name
 
+Log = Callable[[str], None]
 
-class Emitter:
-    def __init__(self, source: Source, opts: SelectOptions, reader_args: dict[str, Any]) -> None:
+
+class _Emitter:
+    """Writes the records of one input, decided table after decided table, in input order."""
+
+    def __init__(self, source: Source, read: ReadOptions, out: Path, *, column: str,
+                 shard_size: int, order_by_score: bool) -> None:
         self.source = source
-        self.opts = opts
-        self.reader = RecordReader(**reader_args, keep_raw=True)
+        self.out = out
+        self.column = column
+        self.shard_size = shard_size
+        self.order_by_score = order_by_score
+        self.reader = Read(read, keep_raw=True)
         self._rows: Iterator[tuple[int, str | None, str | None]] | None = None
-        self._batches: Iterator[Batch] | None = None
-        self._buf: Batch | None = None
-        self._buf_start = 0
+        self._batches: Iterator[pa.Table] | None = None
+        self._buf: pa.Table | None = None
+        self._part = -1
+        self._writers: tuple[ShardWriter, ShardWriter] | None = None
+        self.written = {"kept": 0, "dropped": 0}
+
+    def emit(self, scored: pa.Table) -> None:
+        parts = np.asarray(scored.column("seq").to_numpy()) // self.shard_size
+        for p in np.unique(parts).tolist():
+            kept, dropped = self._shards(int(p))
+            sub = scored.filter(pa.array(parts == p))
+            try:
+                if self.source.format == "parquet":
+                    self._emit_parquet(sub, kept, dropped)
+                else:
+                    self._emit_lines(sub, kept, dropped)
+            except BaseException:
+                kept.abort()
+                dropped.abort()
+                self._writers = None
+                raise
+
+    def _shards(self, part: int) -> tuple[ShardWriter, ShardWriter]:
+        if part != self._part or self._writers is None:
+            self.close_shards()
+            name = shard_name(self.source, part)
+            parquet = self.source.format == "parquet"
+            comp = self.source.compression if self.source.format == "jsonl" else ""
+            self._writers = (
+                ShardWriter(self.out / "kept" / name, parquet=parquet, compression=comp,
+                            order_by_score=self.order_by_score),
+                ShardWriter(self.out / "dropped" / name, parquet=parquet, compression=comp))
+            self._part = part
+        return self._writers
+
+    def close_shards(self) -> None:
+        if self._writers is not None:
+            kept, dropped = self._writers
+            self.written["kept"] += kept.close()
+            self.written["dropped"] += dropped.close()
+            self._writers = None
+
+    def _score_cols(self, scored: pa.Table) -> dict[str, list[Any]]:
+        return {"score": scored.column(self.column).to_pylist(),
+                "bits_per_byte": scored.column("bits_per_byte").to_pylist(),
+                "tokens": scored.column("tokens").to_pylist(),
+                "priority": scored.column("priority").to_pylist(),
+                "weight": scored.column("weight").to_pylist()}
 
     def _records(self) -> Iterator[tuple[int, str | None, str | None]]:
         for table in self.reader.read(self.source):
             yield from zip(table.column("seq").to_pylist(), table.column("raw").to_pylist(),
                            table.column("text").to_pylist(), strict=True)
 
-    def emit_part(self, part: int, scored: Batch, col: str, shard_size: int) -> tuple[int, int]:
-        """Write part `part` (its decided score table) to kept/ and dropped/ shards."""
-        name = shard_name(self.source, part)
-        parquet = self.source.format == "parquet"
-        comp = self.source.compression if self.source.format == "jsonl" else ""
-        kept = ShardWriter(self.opts.out / "kept" / name, parquet=parquet, compression=comp,
-                           order_by_score=self.opts.order_by_score)
-        dropped = ShardWriter(self.opts.out / "dropped" / name, parquet=parquet,
-                              compression=comp)
-        try:
-            if parquet:
-                self._emit_parquet(scored, col, kept, dropped)
-            else:
-                self._emit_lines(scored, col, kept, dropped)
-        except BaseException:
-            kept.abort()
-            dropped.abort()
-            raise
-        return kept.close(), dropped.close()
-
-    def _score_cols(self, scored: Batch, col: str) -> dict[str, list[Any]]:
-        return {"score": scored.column(col).to_pylist(),
-                "bits_per_byte": scored.column("bits_per_byte").to_pylist(),
-                "tokens": scored.column("tokens").to_pylist(),
-                "priority": scored.column("priority").to_pylist(),
-                "weight": scored.column("weight").to_pylist()}
-
-    def _emit_lines(self, scored: Batch, col: str, kept: ShardWriter,
-                    dropped: ShardWriter) -> None:
+    def _emit_lines(self, scored: pa.Table, kept: ShardWriter, dropped: ShardWriter) -> None:
         if self._rows is None:
             self._rows = self._records()
-        seqs = scored.column("seq").to_pylist()
         decisions = scored.column("decision").to_pylist()
         ids = scored.column("id").to_pylist()
-        sc = self._score_cols(scored, col)
+        sc = self._score_cols(scored)
+        seqs = cast(list[int], scored.column("seq").to_pylist())
         for i, seq in enumerate(seqs):
             got = next(self._rows, None)
             if got is None or got[0] != seq:
@@ -80,25 +111,20 @@ class Emitter:
                 obj = orjson.loads(raw)
             else:
                 obj = {"id": ids[i], "text": text}
-            obj["score"] = sc["score"][i]
-            obj["bits_per_byte"] = sc["bits_per_byte"][i]
-            obj["tokens"] = sc["tokens"][i]
+            obj.update(score=sc["score"][i], bits_per_byte=sc["bits_per_byte"][i],
+                       tokens=sc["tokens"][i])
             if decisions[i] == "kept":
-                obj["priority"] = sc["priority"][i]
-                obj["weight"] = sc["weight"][i]
+                obj.update(priority=sc["priority"][i], weight=sc["weight"][i])
                 kept.write_json(obj, sc["score"][i])
             else:
                 dropped.write_json(obj, sc["score"][i])
 
-    def _slice(self, start: int, n: int) -> Batch:
-        """Rows [start, start + n) of the Parquet input, all its columns."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+    def _slice(self, start: int, n: int) -> pa.Table:
+        """Rows [start, start + n) of the Parquet input, all its columns (read in order)."""
         if self._batches is None:
             pf = pq.ParquetFile(self.source.path)
             self._batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(65536))
-        pieces: list[Batch] = []
+        pieces: list[pa.Table] = []
         need = n
         while need > 0:
             if self._buf is None or self._buf.num_rows == 0:
@@ -110,26 +136,61 @@ class Emitter:
             pieces.append(take)
             self._buf = self._buf.slice(take.num_rows)
             need -= take.num_rows
-        return pa.concat_tables(pieces) if pieces else pa.table({})
+        return pa.concat_tables(pieces)
 
-    def _emit_parquet(self, scored: Batch, col: str, kept: ShardWriter,
-                      dropped: ShardWriter) -> None:
-        import pyarrow as pa
-
+    def _emit_parquet(self, scored: pa.Table, kept: ShardWriter, dropped: ShardWriter) -> None:
         seqs = np.asarray(scored.column("seq").to_numpy())
         if len(seqs) == 0:
             return
         rows = self._slice(int(seqs[0]), len(seqs))
         dec = np.asarray(scored.column("decision").to_pylist(), dtype=object)
-        extra = self._score_cols(scored, col)
-        for name, values in extra.items():
+        for name, values in self._score_cols(scored).items():
             if name in rows.column_names:
                 rows = rows.drop_columns([name])
             rows = rows.append_column(name, pa.array(values))
         kept.write_table(rows.filter(pa.array(dec == "kept")))
-        d = rows.filter(pa.array(dec == "dropped")).drop_columns(["priority", "weight"])
-        dropped.write_table(d)
+        dropped.write_table(rows.filter(pa.array(dec == "dropped"))
+                            .drop_columns(["priority", "weight"]))
 
-    def close(self) -> None:
-        self._rows = None
-        self._batches = None
+
+class WriteShards(Step):
+    """Decided tables -> OUT/kept/ and OUT/dropped/ shards; passes every table on."""
+
+    name = "write_shards"
+
+    def __init__(self, sources: Sequence[Source], read: ReadOptions, out: Path, *, column: str,
+                 shard_size: int, order_by_score: bool, log: Log) -> None:
+        super().__init__()
+        self.emitters = {s.index: _Emitter(s, read, out, column=column, shard_size=shard_size,
+                                           order_by_score=order_by_score)
+                         for s in sources if Path(s.path).exists()}
+        self.missing = [s.path for s in sources if s.index not in self.emitters]
+        self.out = out
+        self.log = log
+
+    def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for path in self.missing:
+            self.log(f"warning: input {path} is gone: its kept/dropped shards are not written")
+        decided = {"kept": 0, "dropped": 0}
+        for t in tables:
+            fi = int(t.column("file_index")[0].as_py()) if t.num_rows else -1
+            if fi in self.emitters:
+                self.emitters[fi].emit(t)
+                dec = t.column("decision").to_pylist()
+                decided["kept"] += dec.count("kept")
+                decided["dropped"] += dec.count("dropped")
+            yield t
+        written = {"kept": 0, "dropped": 0}
+        for em in self.emitters.values():
+            em.close_shards()
+            written = {k: written[k] + em.written[k] for k in written}
+        (self.out / "kept").mkdir(exist_ok=True)
+        (self.out / "dropped").mkdir(exist_ok=True)
+        if written != decided:
+            raise InputError(f"counts do not reconcile: decided {decided}, shards written "
+                             f"{written} (did an input change since it was scored?)")
+        self.stat_update("shard_records_kept", written["kept"])
+        self.stat_update("shard_records_dropped", written["dropped"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"missing_inputs": self.missing} if self.missing else {}

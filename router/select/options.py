@@ -1,4 +1,8 @@
-"""The options of one `router select` run: a flat frozen dataclass, built by the CLI."""
+"""The options of one `router select` run: flat frozen dataclasses, built by the CLI.
+
+`ReadOptions` (how records are read) is defined once and travels as one value: in
+`SelectOptions.read`, in the `ScorePlan` every engine worker gets, and in the `Read` step.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,19 @@ from typing import Literal
 from router.policy import Policy
 
 TextFormat = Literal["lines", "file"]
-DEFAULT_SHARD_SIZE = 10_000  # records per resumable part of an input file
-DEFAULT_READ_BATCH = 256  # records per Arrow batch
+DuplicateIds = Literal["keep-first", "reject"]
+Engine = Literal["local", "ray"]
+DEFAULT_SHARD_SIZE = 10_000  # records per output shard
+DEFAULT_READ_BATCH = 64  # records per Arrow table read (and the finest checkpoint)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    text_field: str = "text"
+    id_field: str = "id"
+    text_format: TextFormat = "lines"
+    stratify: str | None = None  # the field whose values get their own cut points
+    batch_size: int = DEFAULT_READ_BATCH
 
 
 @dataclass(frozen=True)
@@ -18,22 +33,20 @@ class SelectOptions:
     inputs: tuple[str, ...]
     out: Path
     policy: Policy
-    text_field: str = "text"
-    id_field: str = "id"
-    text_format: TextFormat = "lines"
+    read: ReadOptions = field(default_factory=ReadOptions)
     model: str | None = None  # tier name; default: select.model, else the first tier
     reference: str | None = None  # second tier for a difference rule
-    engine: Literal["local", "ray"] = "local"
+    engine: Engine = "local"
     resume: bool = False
     order_by_score: bool = False
-    stratify: str | None = None
     from_scores: Path | None = None
     config: Path | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
-    read_batch: int = DEFAULT_READ_BATCH
+    duplicate_ids: DuplicateIds = "keep-first"
+    checkpoint_records: int | None = None  # None: select.checkpoint_records of the config
+    checkpoint_seconds: float | None = None  # None: select.checkpoint_seconds of the config
     progress: bool | None = None  # None: a bar on a TTY, log lines otherwise
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     metrics_textfile: Path | None = None  # Prometheus textfile (node exporter's collector)
     pushgateway: str | None = None  # Prometheus push gateway URL
-    extra: dict[str, str] = field(default_factory=dict)

@@ -1,54 +1,63 @@
-"""What to score and with which model: a small picklable value that each engine (and each Ray
-actor) turns into its own reader and scorer steps."""
+"""What pass 1 runs, as one small picklable value: each engine worker (the local process, each
+Ray actor) turns it into the same list of steps, `Read -> Score -> Checkpoint`.
+
+The settings are loaded once, by `run_select`, and travel inside the plan.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
 
 from router.backends.base import Backend
-from router.config import Settings, load_settings
+from router.config import Settings
 from router.scoring import SignalSpec
-from router.select.readers import RecordReader
-from router.select.scorer import ScoreStep, signal_specs
+from router.select.options import ReadOptions
+from router.select.readers import Read
+from router.select.scorer import Score, signal_specs
+from router.select.steps import Step
+from router.select.workdir import Checkpoint, WorkDir
 
 
 @dataclass(frozen=True)
 class ScorePlan:
+    settings: Settings
     model: str  # tier name
     reference: str | None = None  # tier name of the reference model (difference rule)
-    config: str | None = None  # config file; None: the default config
     signal: SignalSpec = field(default_factory=lambda: SignalSpec("logprob_per_byte"))
-    batch_size: int = 32
-    text_field: str = "text"
-    id_field: str = "id"
-    text_format: Literal["lines", "file"] = "lines"
-    stratify: str | None = None
-    read_batch: int = 256
+    read: ReadOptions = field(default_factory=ReadOptions)
+    out: Path = Path(".")  # the run's --out (its _work holds the checkpoints)
+    checkpoint_records: int = 256
+    checkpoint_seconds: float = 30.0
+    backends: Mapping[str, Backend] | None = None  # given by a caller; else built from settings
+    threads: int | None = None  # llama.cpp threads of an embedded tier (None: its n_threads)
 
-    @property
-    def specs(self) -> tuple[SignalSpec, ...]:
-        return signal_specs(self.signal)
+    def build_backends(self) -> Mapping[str, Backend]:
+        if self.backends is not None:
+            return self.backends
+        return build_select_backends(self.settings, self.model, self.reference,
+                                     threads=self.threads)
 
-    def build_reader(self, *, keep_raw: bool = False) -> RecordReader:
-        return RecordReader(text_field=self.text_field, id_field=self.id_field,
-                            text_format=self.text_format, stratify=self.stratify,
-                            batch_size=self.read_batch, keep_raw=keep_raw)
+    def score_step(self) -> Score:
+        backends = self.build_backends()
+        return Score(backends[self.model], specs=signal_specs(self.signal),
+                     batch_size=self.settings.select.batch_size,
+                     reference=backends[self.reference] if self.reference else None,
+                     difference_of=self.signal)
 
-    def build_scorer(self, backends: Mapping[str, Backend] | None = None, *,
-                     keep_text: bool = False) -> ScoreStep:
-        if backends is None:
-            backends = build_select_backends(load_settings(self.config), self.model,
-                                             self.reference)
-        return ScoreStep(backends[self.model], specs=self.specs, batch_size=self.batch_size,
-                         reference=backends[self.reference] if self.reference else None,
-                         difference_of=self.signal, keep_text=keep_text)
+    def steps(self) -> list[Step]:
+        """Pass 1 of one worker: task tables -> saved, scored chunks."""
+        return [Read(self.read), self.score_step(),
+                Checkpoint(WorkDir(self.out), every_records=self.checkpoint_records,
+                           every_seconds=self.checkpoint_seconds)]
 
 
-def build_select_backends(settings: Settings, model: str,
-                          reference: str | None = None) -> dict[str, Backend]:
-    """The scoring backends of a run, with the `select` section's window and stride applied."""
+def build_select_backends(settings: Settings, model: str, reference: str | None = None, *,
+                          threads: int | None = None) -> dict[str, Backend]:
+    """The scoring backends of a run, with the `select` section's window and stride applied;
+    `threads` sets an embedded tier's llama.cpp threads where its config leaves them unset
+    (a Ray actor owns one CPU: one thread each, not every CPU of the node each)."""
     from router.backends import build_backend
 
     out: dict[str, Backend] = {}
@@ -61,6 +70,8 @@ def build_select_backends(settings: Settings, model: str,
             tier = tier.model_copy(update={
                 "score_window": sel.window or tier.score_window,
                 "score_stride": sel.stride or tier.score_stride})
+        if tier.backend == "embedded" and threads and getattr(tier, "n_threads", None) is None:
+            tier = tier.model_copy(update={"n_threads": threads})
         out[name] = build_backend(tier, settings)
     return out
 
@@ -69,8 +80,4 @@ def default_model(settings: Settings) -> str:
     return settings.select.model or settings.tiers[0].name
 
 
-def config_path(settings: Settings) -> str | None:
-    return str(settings.source) if settings.source else None
-
-
-__all__ = ["ScorePlan", "build_select_backends", "config_path", "default_model"]
+__all__ = ["ScorePlan", "build_select_backends", "default_model"]

@@ -1,5 +1,6 @@
 """report.html: one self-contained page (no scripts, no network): counts, the histogram of the
-decision signal as inline SVG with the cut lines, cut points per stratum, rejection reasons."""
+decision signal as inline SVG with the cut lines, cut points per stratum, rejection reasons,
+duplicate ids."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def render_report(stats: Mapping[str, Any], values: npt.NDArray[np.float64]) -> str:
+def render_report(stats: Mapping[str, Any], values: npt.NDArray[np.float64],
+                  timing: Mapping[str, Any] | None = None) -> str:
     counts = stats["counts"]
     cuts = stats["cut_points"]
     signal = stats["signal"]
@@ -72,11 +74,17 @@ def render_report(stats: Mapping[str, Any], values: npt.NDArray[np.float64]) -> 
                ("model", stats["model"]), ("scorer version", stats["scorer_version"]),
                ("policy", stats["policy"]["name"]), ("signal", signal),
                ("tokens scored", stats["tokens"]),
-               ("tokens/s", stats.get("tokens_per_second"))]
+               ("tokens/s", (timing or {}).get("tokens_per_second")),
+               ("engine", (timing or {}).get("engine"))]
     if stats.get("reference_model"):
         summary.append(("reference model", stats["reference_model"]))
     cut_rows = [(k, f"[{v[0]}, {v[1]}]") for k, v in cuts.items()]
     reasons = sorted(stats.get("reject_reasons", {}).items(), key=lambda kv: -kv[1])
+    dup = stats.get("duplicate_ids") or {}
+    dup_html = (_table([("mode", dup.get("mode")), ("repeated ids", dup.get("ids")),
+                        ("records rejected", dup.get("records_rejected")),
+                        ("examples", ", ".join(dup.get("examples", [])))])
+                if dup.get("ids") else "<p>None.</p>")
     q_rows = [(k, f"{v:.4f}" if isinstance(v, float) else v)
               for k, v in stats.get("quantiles", {}).items()]
     return f"""<!doctype html>
@@ -96,5 +104,7 @@ them are kept.</p>
 {_table(q_rows)}
 <h2>Rejected records</h2>
 {_table([(k, v) for k, v in reasons]) if reasons else "<p>None.</p>"}
+<h2>Duplicate ids</h2>
+{dup_html}
 </body></html>
 """

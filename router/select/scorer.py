@@ -1,19 +1,23 @@
-"""The scorer step: texts -> token logprobs (backend) -> signals (THE shared scorer).
+"""The `Score` step: texts -> token logprobs (backend) -> signals (THE shared scorer).
 
-Texts of a batch are sorted by length and sent to the backend `batch_size` at a time, so that
-a batch's sequences have similar lengths (less padding for HTTP/vLLM backends, steadier
-progress). A text the backend refuses (`InputError`: empty, a single token) becomes a rejected
-row; any other error stops the run (finished shards stay resumable).
+Each record table is cut into consecutive slices of `batch_size` texts; a slice is one backend
+call (its texts sorted by length: less padding for HTTP/vLLM backends) and comes out as one
+scored table, so that the checkpoint after this step can save every few seconds. A text the
+backend refuses (`InputError`: empty, a single token) becomes a rejected row; any other error
+stops the run (saved chunks stay resumable).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from router.backends.base import Backend
 from router.errors import InputError
@@ -25,7 +29,8 @@ from router.scoring import (
     TokenLogprobs,
     score_sequences,
 )
-from router.select.steps import Batch, Step
+from router.select.readers import RAW_LIMIT
+from router.select.steps import Step
 
 INFO_COLUMNS = ("perplexity", "bits_per_byte")
 REF_PREFIX = "ref_"
@@ -44,21 +49,20 @@ def score_columns(specs: Sequence[SignalSpec]) -> list[str]:
     return [s.key for s in specs] + list(INFO_COLUMNS)
 
 
-class ScoreStep(Step):
-    """Adds score columns to every batch (NaN on rejected rows)."""
+class Score(Step):
+    """Adds score columns to every record table (NaN on rejected rows)."""
 
-    name = "scorer"
+    name = "score"
 
     def __init__(self, backend: Backend, *, specs: Sequence[SignalSpec] = DEFAULT_SIGNALS,
                  batch_size: int = 32, reference: Backend | None = None,
-                 difference_of: SignalSpec | None = None, keep_text: bool = False) -> None:
+                 difference_of: SignalSpec | None = None) -> None:
         super().__init__()
         self.backend = backend
         self.reference = reference
         self.specs = tuple(specs)
         self.batch_size = batch_size
         self.difference_of = difference_of
-        self.keep_text = keep_text
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- backend calls ---------------------------------------------------------------------------
@@ -114,17 +118,14 @@ class ScoreStep(Step):
 
     # -- the step ----------------------------------------------------------------------------------
 
-    def score_table(self, table: Batch) -> Batch:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
+    def score_table(self, table: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         n = table.num_rows
         valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
         rows = np.flatnonzero(valid)
         rows_l: list[int] = rows.tolist()
         all_texts = table.column("text").to_pylist()
-        texts = [all_texts[i] for i in rows_l]
+        texts = [str(all_texts[i]) for i in rows_l]  # valid rows have a text
         seqs, reasons = self._score_texts(self.backend, texts)
         ref_seqs: list[TokenLogprobs | None] = []
         if self.reference is not None:
@@ -143,10 +144,10 @@ class ScoreStep(Step):
                 reject[i] = reasons[j]
         out = table.set_column(table.schema.get_field_index("reject"), "reject",
                                pa.array(reject, pa.string()))
-        raw = out.column("raw").to_pylist()
+        raw: list[str | None] = out.column("raw").to_pylist()
         for j, i in enumerate(rows_l):
             if reasons[j] is not None:
-                raw[i] = texts[j][:2000]
+                raw[i] = texts[j][:RAW_LIMIT]
         out = out.set_column(out.schema.get_field_index("raw"), "raw", pa.array(raw, pa.string()))
 
         def spread(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -173,8 +174,7 @@ class ScoreStep(Step):
             spec = self.difference_of or SignalSpec("logprob_per_byte")
             diff = spread(main.signals[spec.key] - ref.signals[spec.key])
             out = out.append_column("difference", pa.array(diff, pa.float64()))
-        if not self.keep_text:
-            out = out.drop_columns(["text"])
+        out = out.drop_columns(["text"])  # scores travel without text
         scored = int(np.isfinite(tokens).sum())
         self.stat_update("documents_scored", float(scored))
         self.stat_update("tokens_scored", float(np.nansum(tokens)))
@@ -182,6 +182,19 @@ class ScoreStep(Step):
         self.stat_update("scoring_seconds", time.perf_counter() - t0)
         return out
 
-    def run(self, batches: Iterable[Batch]) -> Iterator[Batch]:
-        for table in batches:
-            yield self.score_table(table)
+    def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for table in tables:
+            for piece in slices(table, self.batch_size):
+                yield self.score_table(piece)
+
+
+def slices(table: pa.Table, per: int) -> Iterator[pa.Table]:
+    """Consecutive slices of `table` with at most `per` rows to score (rejected rows ride along
+    with the slice before them). Example: valid rows [1, 1, 0, 1, 1], per 2 -> rows [0, 3), [3, 5).
+    """
+    valid = np.asarray(pc.is_null(table.column("reject")).to_numpy(zero_copy_only=False))
+    starts = np.flatnonzero(valid)[::per]  # (pieces,) the first valid row of each piece
+    cuts = [0, *starts[1:].tolist(), table.num_rows]
+    for a, b in itertools.pairwise(cuts):
+        if b > a:
+            yield table.slice(a, b - a)

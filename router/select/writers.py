@@ -1,4 +1,7 @@
-"""Output shards: written under a temporary name and renamed when complete, so a crash never
+"""The `WriteScores` step (scores.parquet, rejected.jsonl) and output shards, all written under
+a temporary name and renamed when complete.
+
+Output shards: written under a temporary name and renamed when complete, so a crash never
 leaves a half-written shard under its final name. JSONL shards keep the input's compression;
 Parquet shards keep its columns; plain-text inputs are written as JSONL (the score columns need
 a place). With `order_by_score`, a shard's records are sorted by score, highest first.
@@ -7,14 +10,19 @@ a place). With `order_by_score`, a shard's records are sorted by score, highest 
 from __future__ import annotations
 
 import gzip
+import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from router.select.readers import Compression, Source
-from router.select.steps import Batch
+from router.select.sources import Compression, Source
+from router.select.steps import Step
 
 TMP_SUFFIX = ".tmp"
 
@@ -58,9 +66,9 @@ class ShardWriter:
         self.score_column = score_column
         self.count = 0
         self._fh: IO[bytes] | None = None
-        self._pq: Any = None
+        self._pq: pq.ParquetWriter | None = None
         self._buffer: list[tuple[float, bytes]] = []
-        self._tables: list[Batch] = []
+        self._tables: list[pa.Table] = []
 
     def write_json(self, obj: dict[str, Any], score: float) -> None:
         line = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -73,9 +81,7 @@ class ShardWriter:
             self._fh = _open_out(self.tmp, self.compression)
         self._fh.write(line)
 
-    def write_table(self, table: Batch) -> None:
-        import pyarrow.parquet as pq
-
+    def write_table(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
         self.count += table.num_rows
@@ -97,9 +103,6 @@ class ShardWriter:
                 self._fh.write(line)
             self._buffer = []
         if self.order and self._tables:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             table = pa.concat_tables(self._tables)
             table = table.sort_by([(self.score_column, "descending")])
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,3 +127,39 @@ class ShardWriter:
                     pass
         self._fh = self._pq = None
         self.tmp.unlink(missing_ok=True)
+
+
+class WriteScores(Step):
+    """Writes every decided table to OUT/scores.parquet and its rejected rows to
+    OUT/rejected.jsonl (file, line, reason, raw); passes every table on."""
+
+    name = "write_scores"
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        scores_tmp = self.out / "scores.parquet.tmp"
+        rejected_tmp = self.out / "rejected.jsonl.tmp"
+        writer: pq.ParquetWriter | None = None
+        schema: pa.Schema | None = None
+        with open(rejected_tmp, "wb") as rej:
+            for t in tables:
+                bad = t.filter(pc.is_valid(t.column("reject")))
+                for row in bad.select(["file", "line", "reject", "raw"]).to_pylist():
+                    rej.write(json.dumps({"file": row["file"], "line": row["line"],
+                                          "reason": row["reject"], "raw": row["raw"]},
+                                         ensure_ascii=False).encode() + b"\n")
+                if writer is None or schema is None:
+                    schema = t.schema
+                    writer = pq.ParquetWriter(scores_tmp, schema)
+                writer.write_table(t.cast(schema))
+                self.stat_update("rows_written", t.num_rows)
+                yield t
+        if writer is not None:
+            writer.close()
+            scores_tmp.replace(self.out / "scores.parquet")
+        else:
+            scores_tmp.unlink(missing_ok=True)
+        rejected_tmp.replace(self.out / "rejected.jsonl")

@@ -14,6 +14,7 @@ from select_helpers import FakeBackend, make_docs, shard_rows, top_policy, write
 from router.policy import BandRule, Policy, ThresholdRule
 from router.scoring import SignalSpec
 from router.select.cli import main as select_cli
+from router.select.options import ReadOptions
 
 Run = Callable[..., dict[str, Any]]
 BAD = {2: b"{not json", 5: b'{"id": "nt", "body": "x"}', 9: b'{"id": "e", "text": ""}',
@@ -73,7 +74,7 @@ def test_order_score_and_band(tmp_path: Path, run_fake: Run) -> None:
 
 def test_stratify(tmp_path: Path, run_fake: Run) -> None:
     inputs = three_shards(tmp_path)
-    stats = run_fake(inputs, tmp_path / "o", stratify="lang", shard_size=7)
+    stats = run_fake(inputs, tmp_path / "o", read=ReadOptions(stratify="lang"), shard_size=7)
     assert set(stats["cut_points"]) == {"en", "fr"}
     scores = pq.read_table(tmp_path / "o" / "scores.parquet").to_pylist()
     for lang in ("en", "fr"):
@@ -117,14 +118,16 @@ def test_interrupt_then_resume_skips_finished_parts(tmp_path: Path, run_fake: Ru
     out = tmp_path / "o"
     first = FakeBackend(fail_after=17)
     with pytest.raises(KeyboardInterrupt):
-        run_fake(inputs, out, backends={"small": first}, shard_size=5)
+        run_fake(inputs, out, backends={"small": first}, shard_size=5, checkpoint_records=5)
     done = sorted(p.name for p in (out / "_work" / "done").glob("*.json"))
-    assert done == ["00000-00000.json", "00000-00001.json", "00000-00002.json"]
+    # input 0 (12 records) in three chunks, then the first 5 records of input 1 (4 scored)
+    assert done == ["00000-000000000000.json", "00000-000000000005.json",
+                    "00000-000000000010.json", "00001-000000000000.json"]
     with pytest.raises(Exception, match="pass --resume"):
         run_fake(inputs, out, shard_size=5)
     second = FakeBackend()
     stats = run_fake(inputs, out, backends={"small": second}, shard_size=5, resume=True)
-    assert len(second.scored) == 36 - 12  # the 12 records of input 0 were scored already
+    assert len(second.scored) == 36 - 16  # the 16 texts of the saved chunks are not rescored
     ref = run_fake(inputs, tmp_path / "ref", shard_size=5)
     assert stats["counts"] == ref["counts"]
     assert shard_rows(out, "kept") == shard_rows(tmp_path / "ref", "kept")

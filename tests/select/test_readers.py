@@ -9,7 +9,9 @@ import pytest
 from select_helpers import make_docs, write_jsonl
 
 from router.errors import InputError
-from router.select.readers import RecordReader, expand_inputs, record_count
+from router.select.options import ReadOptions
+from router.select.readers import Read
+from router.select.sources import expand_inputs, index_source
 
 BAD = {1: b'{"id": "x", "text": "cut off', 3: b'{"id": "nt", "body": "no text"}',
        5: b'{"id": "l1", "text": "caf\xe9"}', 7: b'{"id": "e", "text": "  "}',
@@ -17,7 +19,7 @@ BAD = {1: b'{"id": "x", "text": "cut off', 3: b'{"id": "nt", "body": "no text"}'
 
 
 def rows(path: Path, **kw: object) -> list[dict[str, object]]:
-    reader = RecordReader(batch_size=4, **kw)  # type: ignore[arg-type]
+    reader = Read(ReadOptions(batch_size=4, **kw))  # type: ignore[arg-type]
     out: list[dict[str, object]] = []
     for src in expand_inputs([str(path)]):
         for t in reader.read(src):
@@ -40,7 +42,7 @@ def test_jsonl_every_compression_and_bad_lines(tmp_path: Path, suffix: str) -> N
     assert rejected[10] == "not a JSON object"
     good = [r for r in got if not r["reject"]]
     assert [r["id"] for r in good] == [f"d{i:03d}" for i in range(10)]
-    assert record_count(expand_inputs([str(p)])[0]) == 15
+    assert index_source(expand_inputs([str(p)])[0]).count == 15
 
 
 def test_skip_and_stop_and_blank_lines(tmp_path: Path) -> None:
@@ -48,8 +50,8 @@ def test_skip_and_stop_and_blank_lines(tmp_path: Path) -> None:
     write_jsonl(p, make_docs(6))
     p.write_bytes(p.read_bytes().replace(b"\n", b"\n\n", 2))
     src = expand_inputs([str(p)])[0]
-    reader = RecordReader(batch_size=2)
-    got = [r for t in reader.read(src, skip=2, stop=5) for r in t.to_pylist()]
+    reader = Read(ReadOptions(batch_size=2))
+    got = [r for t in reader.read(src, start=2, stop=5) for r in t.to_pylist()]
     assert [r["seq"] for r in got] == [2, 3, 4]
     assert [r["id"] for r in got] == ["d002", "d003", "d004"]
     assert got[0]["line"] == 5  # two blank lines before it are not records
