@@ -30,7 +30,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "quantile_logprob_q0.5", "logprob_per_byte", "neg_mean_entropy", "mean_margin",
     VERIFY, CONSISTENCY, PROMPT_FAMILIARITY, ANSWER_TOKENS, TRUNCATED,
 )
-DEFAULT_C = 0.5
+DEFAULT_C = 0.1
 DEFAULT_FOLDS = 5
 
 Matrix = npt.NDArray[np.float64]

@@ -63,7 +63,7 @@ def add_parser(subparsers: Any) -> None:
                             "quantile and signal plus verify_p_yes, consistency, "
                             "prompt_logprob_per_byte, answer_tokens, truncated)")
     learn.add_argument("--C", dest="reg_c", type=float, default=None,
-                       help="inverse L2 regularisation strength (default 0.5)")
+                       help="inverse L2 regularisation strength (default 0.1)")
     learn.add_argument("--folds", type=int, default=None,
                        help="cross-validation folds for the reported AUROC (default 5)")
     p.add_argument("--config", type=Path, default=None,
