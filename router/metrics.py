@@ -95,7 +95,8 @@ IN_FLIGHT = Gauge(
 )
 REJECTED = Counter(
     "router_rejected_requests_total",
-    "Requests refused before reaching a tier, by reason (overloaded, unauthorized, too_large).",
+    "Requests refused before reaching a tier, by reason (overloaded, unauthorized, too_large, "
+    "body_timeout).",
     ["reason"],
 )
 

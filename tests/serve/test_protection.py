@@ -151,7 +151,7 @@ def test_ops_require_key_without_keys_is_a_config_error(settings_factory: Settin
                                                         ) -> None:
     from router.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="ops_require_key"):
+    with pytest.raises(ConfigError, match="ops_require_key needs API keys"):
         create_app(settings_factory(server={"ops_require_key": True}),
                    {"small": FakeBackend("a"), "large": FakeBackend("b")})
 
