@@ -42,7 +42,8 @@ def add_parser(subparsers: Any) -> None:
                       help="risk control: keep the error rate of accepted answers <= E")
     p.add_argument("--policy-out", type=Path, required=True, help="policy file to write")
     p.add_argument("--signal", help=f"scorer signal (default: the config's cascade policy "
-                                    f"signal, else {DEFAULT_SIGNAL})")
+                                    f"signal when it is one scorer signal, else "
+                                    f"{DEFAULT_SIGNAL}; see --learn for a learned rule)")
     p.add_argument("--labels", type=Path,
                    help="JSONL {'id': ..., 'correct': true|false} (for --max-error; prompts "
                         "with a reference or check are labelled by it)")
@@ -80,7 +81,8 @@ def _default_signal(settings: Any) -> str:
     from router.policy import load_policy
 
     try:
-        return load_policy(settings.resolve(settings.cascade.policy)).signal.key
+        policy = load_policy(settings.resolve(settings.cascade.policy))
+        return policy.token_signal.key  # a learned policy: calibrate one signal by default
     except RouterError:
         return DEFAULT_SIGNAL
 

@@ -47,10 +47,15 @@ def test_target_rate_uses_initial_threshold_until_min_samples() -> None:
 
 
 def test_presets_become_deciders() -> None:
-    cascade = decider_for(load_policy(REPO / "policies/support-cascade.yaml"))
-    assert isinstance(cascade, ThresholdDecider) and cascade.threshold == -1.75
+    from router.learned import LearnedSignal
+
+    policy = load_policy(REPO / "policies/support-cascade.yaml")
+    cascade = decider_for(policy)
+    assert isinstance(cascade, ThresholdDecider) and isinstance(policy.signal, LearnedSignal)
+    assert cascade.threshold == policy.calibration["threshold"]
+    assert policy.signal.fitted["model"] == "smollm2-135m-instruct"
     rate = decider_for(load_policy(REPO / "policies/support-target-rate.yaml"))
-    assert isinstance(rate, TargetRateDecider) and rate.threshold == -1.75
+    assert isinstance(rate, TargetRateDecider) and rate.threshold == -0.2279
 
 
 def test_selection_rule_cannot_serve() -> None:
