@@ -16,7 +16,7 @@ import numpy as np
 from router.evaluate import metrics_math as mm
 from router.evaluate.data import Recorded
 from router.learned import LearnedSignal, feature_matrix, feature_spec
-from router.learned_fit import DEFAULT_FEATURES
+from router.learned_fit import DEFAULT_C, DEFAULT_FEATURES
 from router.policy import Policy
 from router.probes import PROBE_FEATURES, needed_probes
 from router.scoring import DEFAULT_SIGNALS, SCORER_VERSION, SignalSpec, score_sequences
@@ -78,7 +78,7 @@ def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) ->
 
 
 def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
-                      features: Sequence[str] = DEFAULT_FEATURES
+                      features: Sequence[str] = DEFAULT_FEATURES, c: float | None = None
                       ) -> tuple[np.ndarray, list[str]]:
     """Out-of-fold scores of a learned rule fitted on this recording (k-fold, stratified)."""
     from router.learned_fit import out_of_fold, usable_features
@@ -90,7 +90,7 @@ def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
     used = usable_features(x, features)
     x = feature_matrix(cols, feats, used)
     y = np.array([r.outputs[tier].correct for r in records], dtype=bool)
-    return out_of_fold(x, y, used, folds=folds), used
+    return out_of_fold(x, y, used, folds=folds, c=DEFAULT_C if c is None else c), used
 
 
 def _points(curve: np.ndarray, cost: np.ndarray, rates: Sequence[float], p_small: float,
@@ -122,7 +122,8 @@ def evaluate(records: Sequence[Recorded], *, specs: Sequence[SignalSpec] = EVAL_
     """The report of a set of recorded outputs: tier 0 against the last tier, and with more
     than two tiers every adjacent pair under "pairs" (see module docstring). `policies` add
     their own signal (`policy:NAME`); `cv_folds` adds a learned rule's out-of-fold signal
-    (`learned_cv`), fitted on this very recording without the rows it scores."""
+    (`learned_cvK`, every feature), and for each learned policy its own features refit per fold
+    (`policy:NAME:cvK`): fitted on this very recording without the rows it scores."""
     tiers = [_tier_summary(records, t) for t in range(len(records[0].outputs))]
     last = len(tiers) - 1
     report = _pair(records, 0, last, specs=specs, rates=rates, policies=policies,
@@ -168,6 +169,11 @@ def _pair(records: Sequence[Recorded], lo: int, hi: int, *, specs: Sequence[Sign
         sig = policy.signal
         feats: Sequence[str] = sig.features if isinstance(sig, LearnedSignal) else [sig.key]
         columns[f"policy:{policy.name}"] = (policy_scores(policy, records, lo), feats)
+        if cv_folds and isinstance(sig, LearnedSignal):  # its features and C, refit per fold
+            c = sig.fitted.get("C")
+            cv, used = learned_cv_scores(records, lo, cv_folds, sig.features,
+                                         float(c) if isinstance(c, int | float) else None)
+            columns[f"policy:{policy.name}:cv{cv_folds}"] = (cv, used)
     if cv_folds:
         cv, used = learned_cv_scores(records, lo, cv_folds)
         columns[f"learned_cv{cv_folds}"] = (cv, used)
