@@ -167,3 +167,38 @@ async def test_probes_on_the_embedded_small_model() -> None:
     greedy_again = await small.generate(req)  # the samples left the greedy path as it was
     np.testing.assert_array_equal(gen.logprobs.logprobs, greedy_again.logprobs.logprobs)
     await small.aclose()
+
+
+@pytest.mark.model
+@pytest.mark.timeout(300)
+async def test_a_stream_under_a_probe_policy_on_the_embedded_engine_completes(
+        tmp_path: object) -> None:
+    """The probes ask the same llama.cpp engine that streams the answer: the cascade must not
+    judge (and probe) while that stream still holds the engine."""
+    from pathlib import Path
+
+    from router.backends.base import StreamDelta
+    from router.backends.embedded import EmbeddedBackend, EmbeddedSettings
+    from router.config import settings_from_dict
+    from router.serve.cascade import Cascade, Outcome
+
+    repo = Path(__file__).resolve().parents[1]
+    settings = settings_from_dict({
+        "tiers": [{"name": n, "backend": "embedded", "model": "smollm2-135m-instruct",
+                   "n_ctx": 512} for n in ("small", "large")],
+        "cascade": {"policy": str(repo / "policies" / "support-cascade.yaml"),
+                    "stream_buffer_tokens": 8}})
+    backends = {n: EmbeddedBackend(n, EmbeddedSettings(model="smollm2-135m-instruct", n_ctx=512))
+                for n in ("small", "large")}
+    cascade = Cascade(settings, backends)
+    req = GenerationRequest(messages=(ChatMessage("user", "How do I reset my password?"),),
+                            max_tokens=24, temperature=0.0)
+    items = [x async for x in cascade.stream(req)]
+    outcome = items[0]
+    assert isinstance(outcome, Outcome)
+    text = "".join(d.text for d in items[1:] if isinstance(d, StreamDelta))
+    assert text and outcome.attempts[0].probe_tokens > 0
+    assert outcome.attempts[0].features is not None
+    assert outcome.attempts[0].features["truncated"] in (0.0, 1.0)
+    for b in backends.values():
+        await b.aclose()

@@ -4,7 +4,8 @@
     Received                 as much of an answer as the cascade has when it judges it
     WholeAnswer              `run`: the whole Generation is what is received
     StreamedAnswer           `stream`: deltas are buffered until the buffer is full, the answer
-                             ends or the running confidence early-escalates; `rest` streams on
+                             ends or the running confidence early-escalates (a confidence that
+                             needs probes waits for the whole answer); `rest` streams on
     TokenBuffer              the running tokens of a stream, O(delta) per append
 """
 
@@ -238,9 +239,14 @@ class StreamedAnswer(TierCall):
             if parts.n >= self.cfg.stream_min_tokens and early_escalates(
                     self.tier.running_confidence(parts.view()), decider.threshold):
                 break  # early escalation: judged (and rejected) on what came so far
-            if parts.n >= self.cfg.stream_buffer_tokens:
+            # a confidence that needs probes is judged on the whole answer: the probes ask the
+            # same tier again, which a single-engine backend (llama.cpp) serves only once this
+            # stream is over, and the rule was fitted on whole answers
+            if parts.n >= self.cfg.stream_buffer_tokens and not self.tier.probe_features:
                 break
         text = "".join(d.text for d in self.buffered) if finish is not None else None
+        if finish is not None and self.tier.probe_features:
+            await self.aclose()  # the whole answer is buffered: free the engine for the probes
         return Received(parts.view(), text, finish, self.usage)
 
     async def rest(self) -> AsyncIterator[StreamDelta]:

@@ -202,13 +202,16 @@ def start_router(upstream_url: str, tmp: Path) -> Iterator[RouterUnderTest]:
         yield RouterUnderTest(server, settings, settings.server.decision_log.path, app)
 
 
-def read_decisions(path: Path, n: int, timeout_s: float = 15.0) -> list[dict[str, Any]]:
-    """The decision log's records once it holds at least `n` (it is written in the background)."""
+def read_decisions(path: Path, n: int, timeout_s: float = 15.0,
+                   kind: str | None = None) -> list[dict[str, Any]]:
+    """The decision log's request records (or, with `kind="shadow"`, its quality samples' lines)
+    once it holds at least `n` of them (it is written in the background)."""
     deadline = time.monotonic() + timeout_s
     while True:
         lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
+        records = [r for r in map(json.loads, lines) if r.get("kind") == kind]
+        if len(records) >= n or time.monotonic() > deadline:
+            return records
         time.sleep(0.1)
 
 

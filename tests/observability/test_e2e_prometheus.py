@@ -136,6 +136,10 @@ def test_prometheus_scrapes_router_and_every_expression_returns_data(
         # -- cost counters agree with a hand computation from the decision log --------------
         records = read_decisions(router_app.decision_log, N_REQUESTS)
         assert len(records) == N_REQUESTS
+        # every scored quality sample is a log line of its own, labelled by its request's id
+        shadows = read_decisions(router_app.decision_log, 1, kind="shadow")
+        assert shadows and {s["id"] for s in shadows} <= {r["id"] for r in records}
+        assert all(isinstance(s["shadow"]["agree"], bool) for s in shadows)
         after = {n: totals(n) for n in cost_names}
         check_costs(records, {n: after[n] - before[n] for n in cost_names})
 

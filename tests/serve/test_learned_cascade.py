@@ -105,13 +105,14 @@ async def test_serve_scores_like_eval_and_runs_only_the_needed_probes(
         assert attempt.cost_usd == pytest.approx((9 * 1.0 + n * 2.0) / 1e6)
 
 
-async def test_a_stream_judges_its_buffer_with_the_probes(learned: tuple[Path, Path],
-                                                          tmp_path: Path) -> None:
+async def test_a_stream_with_probes_is_judged_on_the_whole_answer(
+        learned: tuple[Path, Path], tmp_path: Path) -> None:
+    """The probes ask tier 0 again: a single-engine backend must have finished the stream."""
     _, path = learned
     settings = make_settings(tmp_path, cascade={"policy": str(path), "stream_buffer_tokens": 2})
     small = FakeBackend("fake-small", tokens=["a"] * 5, logprob=-0.05, score_logprob=-0.6)
     cascade = Cascade(settings, {"small": small, "large": FakeBackend("fake-large")})
     items = [x async for x in cascade.stream(REQ)]
     outcome = items[0]
-    assert outcome.attempts[0].features["answer_tokens"] == 2.0  # judged on the buffer
-    assert outcome.attempts[0].probe_tokens == 4
+    assert outcome.attempts[0].features["answer_tokens"] == 5.0  # not the 2-token buffer
+    assert outcome.attempts[0].probe_tokens == 4 and small.closed_early == 0
