@@ -11,11 +11,13 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router import metrics
 from router._version import __version__
 from router.backends import Backend, build_backends
 from router.config import Settings
@@ -55,9 +57,12 @@ def _no_native_telemetry() -> dict[str, Any]:
 
 
 def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None, *,
-               environ: Mapping[str, str] | None = None, preload: bool = True) -> FastAPI:
+               environ: Mapping[str, str] | None = None, preload: bool = True,
+               worker: int | None = None, metrics_dir: Path | None = None) -> FastAPI:
     """The app. `backends` (tier name -> Backend) replaces the ones built from config; the
     caller then owns them. `environ` resolves `server.api_keys_env` (the CLI passes os.environ).
+    With N workers, `worker` is this process's index (stamped on decision-log lines) and
+    `metrics_dir` the multiprocess metrics directory `/metrics` sums over.
     """
     cascade_backends = dict(backends) if backends is not None else build_backends(settings)
     owns = backends is None
@@ -71,10 +76,12 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServeState(settings=settings, backends=cascade_backends, cascade=cascade,
                            owns_backends=owns, api_keys=keys)
+        if metrics_dir is not None:
+            state.metrics_registry = metrics.multiprocess_registry(metrics_dir)
         dl = settings.server.decision_log
         if dl is not None:
             state.decision_log = DecisionLog(settings.resolve(dl.path),
-                                             include_prompt=dl.include_prompt)
+                                             include_prompt=dl.include_prompt, worker=worker)
             await state.decision_log.start()
         shadow = settings.cascade.shadow
         if shadow is not None and shadow.fraction > 0 and len(cascade.tiers) > 1:

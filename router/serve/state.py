@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from router.backends.base import Backend
 from router.config import Settings
@@ -23,6 +24,7 @@ class ServeState:
     decision_log: DecisionLog | None = None
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     shadow: ShadowSampler | None = None
+    metrics_registry: CollectorRegistry = REGISTRY  # a multiprocess one with N workers
 
 
 async def get_state(request: Request) -> ServeState:  # async: FastAPI runs sync deps in threads
