@@ -244,9 +244,10 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
         cfg = router_config(workdir, upstream_port, args.tier_concurrency)
         workers = int(name.split("-w")[1]) if "-w" in name else 1
         cmd = [sys.executable, "-m", "router.cli", "serve", "--config", str(cfg),
-               "--host", HOST, "--port", str(port), "--workers", str(workers)]
+               "--host", HOST, "--port", str(port)]
         model = "cascade"
         if workers > 1:
+            cmd += ["--workers", str(workers)]
             cpus = None  # N workers on every core, next to the harness
     else:
         exe = ensure_litellm(args.litellm_spec, workdir / "litellm-install.log")

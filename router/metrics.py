@@ -20,10 +20,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+_M = TypeVar("_M", bound="_CachedLabels")
+
+
+class _CachedLabels:
+    """`labels(*values)` from a dict: prometheus_client validates, stringifies and locks on every
+    call (about 7% of the router's CPU per request, by py-spy). Label values are bounded (tiers,
+    models, reasons, statuses), and children are never removed, so the cache stays small."""
+
+    _children: dict[tuple[Any, ...], Any]
+
+    def labels(self: _M, *values: Any, **kw: Any) -> _M:
+        if kw:
+            return super().labels(**kw)  # type: ignore[misc, no-any-return]
+        children = self.__dict__.setdefault("_children", {})
+        child: _M | None = children.get(values)
+        if child is None:
+            child = children[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
+
 
 #: escalation reasons (bounded label values)
 REASONS = ("low_confidence", "prompt_gate", "upstream_error", "timeout", "truncated", "empty")
