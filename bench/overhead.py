@@ -11,6 +11,8 @@ measures three targets in turn, each alone on the machine:
              with a policy under which tier 0 always answers (one upstream call per request)
     router-wN  the same with `--workers N` (`--router-workers 1,2` adds router-w2): not pinned,
              so on a small machine it competes with the harness; compare its CPU per request
+    router-baseline  `--baseline-src DIR`: the one-worker router run from another source tree
+             (e.g. `git archive main | tar -x -C DIR`), for a before/after in the same run
     litellm  `litellm --config FILE` (one worker), `openai/m` at the same upstream; installed
              by this script into its own virtual environment under the cache folder
 
@@ -242,7 +244,9 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name.startswith("router"):
         cfg = router_config(workdir, upstream_port, args.tier_concurrency)
-        workers = int(name.split("-w")[1]) if "-w" in name else 1
+        workers = int(name.split("-w")[1]) if name.startswith("router-w") else 1
+        if name == "router-baseline":
+            env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
         cmd = [sys.executable, "-m", "router.cli", "serve", "--config", str(cfg),
                "--host", HOST, "--port", str(port)]
         model = "cascade"
@@ -397,6 +401,8 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=20.0, help="upstream delay")
     ap.add_argument("--tokens", type=int, default=16, help="tokens per answer")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--baseline-src", default=None,
+                    help="also run the router from this source tree (target router-baseline)")
     ap.add_argument("--router-workers", default="1",
                     help="comma-separated worker counts; each N > 1 adds the target router-wN")
     ap.add_argument("--tier-concurrency", type=int, default=64,
@@ -413,6 +419,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     targets = [t for t in args.targets.split(",") if t in TARGETS]
     extra = [f"router-w{n}" for n in args.router_workers.split(",") if int(n) > 1]
+    if args.baseline_src:
+        extra.append("router-baseline")
     if "router" in targets:
         at = targets.index("router") + 1
         targets[at:at] = extra

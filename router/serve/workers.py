@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -46,14 +47,30 @@ MAX_QUICK_DEATHS = 3
 #: seconds beyond `server.shutdown_grace_s` before stragglers are killed
 KILL_MARGIN_S = 5.0
 _PR_SET_PDEATHSIG = 1
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
-def worker_count(value: int | Literal["auto"]) -> int:
-    """`auto` -> the CPUs this process may run on (its affinity mask, not the machine's count).
+def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """Whole CPUs a cgroup v2 quota allows (rounded up), None without a quota.
+    Example: "150000 100000" -> 2; "max 100000" -> None."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def worker_count(value: int | Literal["auto"], *, cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """`auto` -> the CPUs this process may use: its affinity mask (not the machine's count),
+    capped by a cgroup CPU quota (a Kubernetes CPU limit does not change the affinity).
     Example: pinned with `taskset -c 1` -> 1."""
-    if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
-    return value
+    if value != "auto":
+        return value
+    n = max(1, len(os.sched_getaffinity(0)))
+    quota = cpu_quota(cpu_max)
+    return min(n, quota) if quota is not None else n
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -26,7 +26,7 @@ from serve_helpers import write_policy
 from router.cli import build_parser
 from router.config import settings_from_dict
 from router.errors import ConfigError
-from router.serve.workers import worker_count
+from router.serve.workers import cpu_quota, worker_count
 from tests.harness.router_process import alive, fresh_connections, router_process, write_config
 from tests.harness.server_thread import ServerThread
 
@@ -74,7 +74,7 @@ def read_log(path: Path, expected: int, timeout_s: float = 20.0) -> list[dict[st
     return [orjson.loads(line) for line in data.splitlines()]
 
 
-def test_workers_from_cli_and_config() -> None:
+def test_workers_from_cli_and_config(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "--workers", "3"])
     assert args.workers == 3
     assert build_parser().parse_args(["serve", "--workers", "auto"]).workers == "auto"
@@ -85,8 +85,15 @@ def test_workers_from_cli_and_config() -> None:
     assert settings_from_dict({**raw, "server": {"workers": "auto"}}).server.workers == "auto"
     with pytest.raises(ConfigError, match=r"server\.workers"):
         settings_from_dict({**raw, "server": {"workers": 0}})
-    assert worker_count("auto") == len(os.sched_getaffinity(0))
     assert worker_count(4) == 4
+    none = tmp_path / "absent"
+    assert worker_count("auto", cpu_max=none) == len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path / "cpu.max") is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path / "cpu.max") == 2
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
+    assert worker_count("auto", cpu_max=tmp_path / "cpu.max") == 1
 
 
 def test_decision_log_has_whole_lines_with_two_workers(tmp_path: Path,
