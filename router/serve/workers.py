@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Literal
 
 from router.config import Settings
+from router.errors import ConfigError
 
 log = logging.getLogger("router.serve")
 
@@ -78,7 +79,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -161,12 +166,12 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until a signal; 0 after a clean shutdown, 1 if workers kept crashing."""
+        sock = bind_socket(self.host, self.port)
         metrics_dir, created = _metrics_dir(self.environ)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited by every spawned worker
         self.environ[MULTIPROC_ENV] = str(metrics_dir)
         from prometheus_client import multiprocess  # the directory is now in force
 
-        sock = bind_socket(self.host, self.port)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         quick_deaths, code = 0, 0
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from serve_helpers import write_policy
 from router.cli import build_parser
 from router.config import settings_from_dict
 from router.errors import ConfigError
+from router.serve.run import serve_main
 from router.serve.workers import cpu_quota, worker_count
 from tests.harness.router_process import alive, fresh_connections, router_process, write_config
 from tests.harness.server_thread import ServerThread
@@ -94,6 +96,18 @@ def test_workers_from_cli_and_config(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path / "cpu.max") == 2
     (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
     assert worker_count("auto", cpu_max=tmp_path / "cpu.max") == 1
+
+
+def test_port_in_use_is_a_clean_error(tmp_path: Path, upstream: ServerThread,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = build_parser().parse_args(["serve", "--config", str(config(tmp_path, upstream)),
+                                          "--port", str(port), "--workers", "2"])
+        assert serve_main(args) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_decision_log_has_whole_lines_with_two_workers(tmp_path: Path,
