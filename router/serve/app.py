@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router import metrics
@@ -29,6 +30,7 @@ from router.serve.error_handlers import (
     internal_error_handler,
     router_error_handler,
 )
+from router.serve.hot_lane import HotLaneMiddleware
 from router.serve.protection import ProtectionMiddleware
 from router.serve.routes import chat, completions, docs, health, models
 from router.serve.shadow import ShadowSampler
@@ -44,6 +46,13 @@ def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> t
     if env_name and environ is not None:
         keys += [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
     return tuple(keys)
+
+
+async def hot_lane_error(request: Request, exc: Exception) -> JSONResponse:
+    """The same answers the app's handlers give, for the hot lane's endpoints."""
+    if isinstance(exc, RouterError):
+        return await router_error_handler(request, exc)
+    return await internal_error_handler(request, exc)
 
 
 def _no_native_telemetry() -> dict[str, Any]:
@@ -117,6 +126,8 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     for module in (chat, completions, models, health, docs):
         app.include_router(module.router)
     server = settings.server
+    app.add_middleware(HotLaneMiddleware, on_error=hot_lane_error, endpoints={  # inner
+        "/v1/chat/completions": chat.endpoint, "/v1/completions": completions.endpoint})
     app.add_middleware(ProtectionMiddleware, api_keys=keys, max_body_bytes=server.max_body_bytes,
                        max_in_flight=server.max_in_flight, max_queue=server.max_queue,
                        body_timeout_s=server.body_timeout_s,
