@@ -377,20 +377,21 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], targets: list[s
     for key, v in summary["added_latency_at_c1"].items():
         out.append(f"  {key:<44} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
     out += ["", "sustained req/s without errors ('-' = errors or not run):",
-            "  mode        conc " + "".join(f"{t:>10}" for t in targets)
+            "  mode        conc " + "".join(f"{t:>{max(10, len(t) + 1)}}" for t in targets)
             + "  router/litellm  router/direct"]
     for key, row in summary["sustained_rps"].items():
         mode, conc = key.split("/c")
-        out.append(f"  {mode:<10} {conc:>5} " + "".join(f"{fmt(row[t]):>10}" for t in targets)
+        out.append(f"  {mode:<10} {conc:>5} " + "".join(f"{fmt(row[t]):>{max(10, len(t) + 1)}}"
+                                                        for t in targets)
                    + f"  {fmt(row['router_over_litellm'], 2):>14}"
                    + f"  {fmt(row['router_over_direct'], 3):>13}")
     cpu = summary["proxy_cpu_ms_per_req"]
     if cpu:
         keys = list(next(iter(cpu.values())))
         out += ["", "proxy CPU ms per request (whole process tree):",
-                "  target      " + "".join(f"{k:>15}" for k in keys)]
+                "  target           " + "".join(f"{k:>16}" for k in keys)]
         for t, row in cpu.items():
-            out.append(f"  {t:<10}  " + "".join(f"{fmt(row.get(k), 2):>15}" for k in keys))
+            out.append(f"  {t:<15}  " + "".join(f"{fmt(row.get(k), 2):>16}" for k in keys))
     return "\n".join(out)
 
 
