@@ -101,7 +101,9 @@ def router_process(config: Path, *, workers: int | str | None = None,
     log = config.parent / f"router-{port}.log"
     env = {**os.environ, **(extra_env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # its own process group, as a shell gives it: Ctrl-C can be sent to the whole group
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     rp = RouterProcess(proc, port, log)
     try:
         deadline = time.monotonic() + ready_timeout_s

@@ -29,7 +29,13 @@ from router.config import settings_from_dict
 from router.errors import ConfigError
 from router.serve.run import serve_main
 from router.serve.workers import cpu_quota, worker_count
-from tests.harness.router_process import alive, fresh_connections, router_process, write_config
+from tests.harness.router_process import (
+    alive,
+    children_of,
+    fresh_connections,
+    router_process,
+    write_config,
+)
 from tests.harness.server_thread import ServerThread
 
 pytestmark = pytest.mark.timeout(180)
@@ -162,6 +168,7 @@ def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(
                  rule={"kind": "threshold", "escalate_below": -100.0})
     with router_process(cfg, workers=2) as rp:
         workers = rp.workers(2)
+        everyone = children_of(rp.proc.pid)  # the workers and multiprocessing's resource tracker
         with ThreadPoolExecutor(4) as pool:
             pending = [pool.submit(chat, rp.url, f"slow {i}") for i in range(4)]
             deadline = time.monotonic() + 10
@@ -173,7 +180,23 @@ def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(
         assert rp.proc.wait(timeout=40) == 0, rp.output()
     assert statuses == [200] * 4
     assert not [p for p in workers if alive(p)], rp.output()
+    deadline = time.monotonic() + 10
+    while [p for p in everyone if alive(p)]:  # the tracker exits once its pipe closes
+        assert time.monotonic() < deadline, f"left behind: {everyone}"
+        time.sleep(0.1)
     assert "stopping 2 workers" in rp.output()
+
+
+def test_ctrl_c_stops_the_whole_group(tmp_path: Path, upstream: ServerThread) -> None:
+    """Ctrl-C in a terminal sends SIGINT to every process of the group at once: supervisor and
+    workers shut down once (not "at once, forced"), the supervisor exits 0."""
+    with router_process(config(tmp_path, upstream), workers=2) as rp:
+        workers = rp.workers(2)
+        assert chat(rp.url, "hi").status_code == 200
+        os.killpg(rp.proc.pid, signal.SIGINT)
+        assert rp.proc.wait(timeout=40) == 0, rp.output()
+    assert not [p for p in workers if alive(p)]
+    assert "Application shutdown complete" in rp.output()
 
 
 def test_workers_die_with_a_killed_supervisor(tmp_path: Path, upstream: ServerThread) -> None:
