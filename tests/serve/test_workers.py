@@ -187,6 +187,27 @@ def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(
     assert "stopping 2 workers" in rp.output()
 
 
+def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path,
+                                                      upstream: ServerThread) -> None:
+    with router_process(config(tmp_path, upstream), workers=2) as rp:
+        first = rp.workers(2)
+        for i in range(20):
+            assert chat(rp.url, f"before {i}").status_code == 200
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            now = rp.workers(2)
+            if first[0] not in now and rp.output().count("Application startup complete") >= 3:
+                break
+            assert time.monotonic() < deadline, rp.output()
+            time.sleep(0.2)
+        for i in range(10):
+            assert chat(rp.url, f"after {i}").status_code == 200
+        served = _sample(rp.url, 'router_requests_total{endpoint="chat",status="200",tier="small"}')
+    assert served == 30  # the killed worker's counts are still in the sum
+    assert "exited with -9" in rp.output()
+
+
 def test_ctrl_c_stops_the_whole_group(tmp_path: Path, upstream: ServerThread) -> None:
     """Ctrl-C in a terminal sends SIGINT to every process of the group at once: supervisor and
     workers shut down once (not "at once, forced"), the supervisor exits 0."""
@@ -211,9 +232,14 @@ def test_workers_die_with_a_killed_supervisor(tmp_path: Path, upstream: ServerTh
             time.sleep(0.2)
 
 
-def _in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith("router_in_flight_requests "):
-            return float(line.split()[1])
+def _sample(url: str, series: str) -> float:
+    """One series of a /metrics scrape by its exposition text: the name, then the labels
+    sorted by name (as the multiprocess exposition writes them)."""
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
     return 0.0
+
+
+def _in_flight(url: str) -> float:
+    return _sample(url, "router_in_flight_requests")
