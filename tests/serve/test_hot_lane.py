@@ -43,4 +43,5 @@ def test_unexpected_error_is_a_500_body(settings_factory: Callable[..., Settings
     with client(settings_factory()) as c:
         r = c.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 500
-    assert r.json()["error"]["message"] == "internal error"
+    message = r.json()["error"]["message"]
+    assert "request id req_" in message and "a bug" not in message  # internal text stays out
