@@ -4,6 +4,7 @@ counter, cost total and histogram count matches the requests sent, and promtool 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,13 @@ def test_two_workers_one_scrape_sums_everything(prom_bin: PromBin, upstream: Ser
         rp.workers(2)
         with ThreadPoolExecutor(8) as pool:
             statuses = Counter(pool.map(send, jobs))
-        text = httpx.get(f"{rp.url}/metrics", timeout=10).text
+        deadline = time.monotonic() + 10
+        while True:  # a request is counted just after its answer's last byte
+            text = httpx.get(f"{rp.url}/metrics", timeout=10).text
+            counted = sum(v for (n, _), v in samples(text).items() if n == "router_requests_total")
+            if counted >= len(jobs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert statuses == {200: ACCEPTED + ESCALATED + STREAMED, 401: UNAUTHORIZED}
     served_by = Counter(orjson.loads(line)["worker"] for line in log.read_bytes().splitlines())
     assert set(served_by) == {0, 1}, served_by  # both workers answered: the sums are real

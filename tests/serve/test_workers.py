@@ -193,6 +193,11 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path,
         first = rp.workers(2)
         for i in range(20):
             assert chat(rp.url, f"before {i}").status_code == 200
+        series = 'router_requests_total{endpoint="chat",status="200",tier="small"}'
+        deadline = time.monotonic() + 10
+        while _sample(rp.url, series) < 20:  # counted just after the answer's last byte
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         os.kill(first[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while True:
@@ -203,7 +208,9 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(tmp_path: Path,
             time.sleep(0.2)
         for i in range(10):
             assert chat(rp.url, f"after {i}").status_code == 200
-        served = _sample(rp.url, 'router_requests_total{endpoint="chat",status="200",tier="small"}')
+        deadline = time.monotonic() + 10
+        while (served := _sample(rp.url, series)) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert served == 30  # the killed worker's counts are still in the sum
     assert "exited with -9" in rp.output()
 
