@@ -9,6 +9,10 @@ measures three targets in turn, each alone on the machine:
     direct   the upstream itself
     router   `router serve` (one worker): a cascade of two openai_http tiers on the upstream,
              with a policy under which tier 0 always answers (one upstream call per request)
+    router-wN  the same with `--workers N` (`--router-workers 1,2` adds router-w2): not pinned,
+             so on a small machine it competes with the harness; compare its CPU per request
+    router-baseline  `--baseline-src DIR`: the one-worker router run from another source tree
+             (e.g. `git archive main | tar -x -C DIR`), for a before/after in the same run
     litellm  `litellm --config FILE` (one worker), `openai/m` at the same upstream; installed
              by this script into its own virtual environment under the cache folder
 
@@ -20,7 +24,8 @@ does not count as sustained), with the CPU each server spends per request.
 
 Everything listens on 127.0.0.1. With two or more CPUs the proxy under test is pinned to the
 last CPU and the upstream and load generator to the others (`--no-pin` turns this off), so that
-"one worker" means one core and the harness does not compete with it.
+"one worker" means one core and the harness does not compete with it. A proxy's CPU is that of
+its whole process tree (supervisor and workers).
 """
 
 from __future__ import annotations
@@ -84,14 +89,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children, from /proc (Linux)."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, its live descendants and its reaped children (Linux)."""
+    fields = _stat(pid)
+    if fields is None:
         return float("nan")
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        f = _stat(int(stat.parent.name))
+        if f is not None:
+            parents.setdefault(int(f[1]), []).append(int(stat.parent.name))
     ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / ticks  # utime stime cutime cstime
+    total = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    todo = list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        f = _stat(child)
+        if f is not None:
+            total += sum(int(x) for x in f[11:13])
+        todo += parents.get(child, [])
+    return total / ticks
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:
@@ -218,11 +242,17 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
     port = free_port()
     log = workdir / f"{name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if name == "router":
+    if name.startswith("router"):
         cfg = router_config(workdir, upstream_port, args.tier_concurrency)
+        workers = int(name.split("-w")[1]) if name.startswith("router-w") else 1
+        if name == "router-baseline":
+            env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
         cmd = [sys.executable, "-m", "router.cli", "serve", "--config", str(cfg),
                "--host", HOST, "--port", str(port)]
         model = "cascade"
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+            cpus = None  # N workers on every core, next to the harness
     else:
         exe = ensure_litellm(args.litellm_spec, workdir / "litellm-install.log")
         cmd = [str(exe), "--config", str(litellm_config(workdir, upstream_port)),
@@ -236,6 +266,10 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
     pin(proc.pid, cpus)
     try:
         wait_ready(proc, port, model, log, timeout_s=180.0)
+        deadline = time.monotonic() + 120.0
+        while (name.startswith("router-w") and time.monotonic() < deadline and
+               log.read_text().count("Application startup complete") < int(name.split("-w")[1])):
+            time.sleep(0.25)  # every worker serves before the first cell
         yield port, model, proc.pid
     finally:
         stop(proc)
@@ -303,6 +337,7 @@ def summarize(cells: list[dict[str, Any]], targets: list[str],
               levels: list[int]) -> dict[str, Any]:
     added: dict[str, Any] = {}
     rates: dict[str, Any] = {}
+    cpu: dict[str, dict[str, float]] = {}
     for stream in (False, True):
         mode = "stream" if stream else "non-stream"
         d = find(cells, "direct", stream, 1)
@@ -314,10 +349,15 @@ def summarize(cells: list[dict[str, Any]], targets: list[str],
                     "p99_ms": round(c["p99_ms"] - d["p99_ms"], 3)}
         for conc in levels:
             row = {t: sustained(find(cells, t, stream, conc)) for t in targets}
-            r, lt = row.get("router"), row.get("litellm")
+            r, lt, d = row.get("router"), row.get("litellm"), row.get("direct")
             row["router_over_litellm"] = round(r / lt, 2) if r and lt else None
+            row["router_over_direct"] = round(r / d, 3) if r and d else None
             rates[f"{mode}/c{conc}"] = row
-    return {"added_latency_at_c1": added, "sustained_rps": rates}
+            for t in targets:
+                c = find(cells, t, stream, conc)
+                if t != "direct" and c.get("proxy_cpu_ms_per_req") is not None:
+                    cpu.setdefault(t, {})[f"{mode}/c{conc}"] = c["proxy_cpu_ms_per_req"]
+    return {"added_latency_at_c1": added, "sustained_rps": rates, "proxy_cpu_ms_per_req": cpu}
 
 
 def fmt(x: float | None, nd: int = 1) -> str:
@@ -337,11 +377,21 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], targets: list[s
     for key, v in summary["added_latency_at_c1"].items():
         out.append(f"  {key:<44} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
     out += ["", "sustained req/s without errors ('-' = errors or not run):",
-            "  mode        conc " + "".join(f"{t:>10}" for t in targets) + "  router/litellm"]
+            "  mode        conc " + "".join(f"{t:>{max(10, len(t) + 1)}}" for t in targets)
+            + "  router/litellm  router/direct"]
     for key, row in summary["sustained_rps"].items():
         mode, conc = key.split("/c")
-        out.append(f"  {mode:<10} {conc:>5} " + "".join(f"{fmt(row[t]):>10}" for t in targets)
-                   + f"  {fmt(row['router_over_litellm'], 2):>14}")
+        out.append(f"  {mode:<10} {conc:>5} " + "".join(f"{fmt(row[t]):>{max(10, len(t) + 1)}}"
+                                                        for t in targets)
+                   + f"  {fmt(row['router_over_litellm'], 2):>14}"
+                   + f"  {fmt(row['router_over_direct'], 3):>13}")
+    cpu = summary["proxy_cpu_ms_per_req"]
+    if cpu:
+        keys = list(next(iter(cpu.values())))
+        out += ["", "proxy CPU ms per request (whole process tree):",
+                "  target           " + "".join(f"{k:>16}" for k in keys)]
+        for t, row in cpu.items():
+            out.append(f"  {t:<15}  " + "".join(f"{fmt(row.get(k), 2):>16}" for k in keys))
     return "\n".join(out)
 
 
@@ -352,6 +402,10 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=20.0, help="upstream delay")
     ap.add_argument("--tokens", type=int, default=16, help="tokens per answer")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--baseline-src", default=None,
+                    help="also run the router from this source tree (target router-baseline)")
+    ap.add_argument("--router-workers", default="1",
+                    help="comma-separated worker counts; each N > 1 adds the target router-wN")
     ap.add_argument("--tier-concurrency", type=int, default=64,
                     help="the router tiers' max_concurrency (upstream connections; default 64, "
                          "the config default)")
@@ -365,6 +419,12 @@ def main() -> None:
     budget = QUICK if args.quick else DEFAULT
     levels = [int(c) for c in args.concurrency.split(",")]
     targets = [t for t in args.targets.split(",") if t in TARGETS]
+    extra = [f"router-w{n}" for n in args.router_workers.split(",") if int(n) > 1]
+    if args.baseline_src:
+        extra.append("router-baseline")
+    if "router" in targets:
+        at = targets.index("router") + 1
+        targets[at:at] = extra
     if args.skip_litellm and "litellm" in targets:
         targets.remove("litellm")
     ncpu = os.cpu_count() or 1

@@ -134,6 +134,15 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _workers_arg(value: str) -> int | str:
+    """`--workers`: a positive integer or `auto`."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="router",
@@ -169,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--host", default=None, help="bind address (default: config, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: config, 8000)")
+    p.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
+                   help="worker processes on one socket (default: config server.workers, 1; "
+                   "auto: one per CPU this process may use)")
     p.set_defaults(func=_lazy("router.serve.run", "serve_main"))
 
     # the other commands register themselves (their modules import their heavy parts lazily)

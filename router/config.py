@@ -145,6 +145,8 @@ class ServerConfig(_Strict):
     request_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     decision_log: DecisionLogConfig | None = None
+    # worker processes on one socket; `auto`: one per CPU this process may run on
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
 
 class PromptGateConfig(_Strict):

@@ -5,13 +5,59 @@ bounded (tier names and model ids come from config; reasons and statuses from fi
 Metrics live in the default registry because they are module constants; tests read deltas with
 `REGISTRY.get_sample_value` rather than absolute values.
 
+With `router serve --workers N` every worker process writes its values to files in
+prometheus_client's multiprocess directory (`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor
+before any worker imports this module) and `/metrics` reads them all: counters and histograms are
+summed over workers (dead ones included, so nothing is lost when a worker is replaced), and every
+gauge says how it combines (`multiprocess_mode`): in-flight requests are a sum over live workers,
+the threshold is the most recently set one.
+
 Savings are PromQL, not metrics:
     sum(rate(router_counterfactual_cost_usd_total[5m])) - sum(rate(router_cost_usd_total[5m]))
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_M = TypeVar("_M", bound="_CachedLabels")
+
+
+class _CachedLabels:
+    """`labels(*values)` from a dict: prometheus_client validates, stringifies and locks on every
+    call (about 7% of the router's CPU per request, by py-spy). Label values are bounded (tiers,
+    models, reasons, statuses), and children are never removed, so the cache stays small."""
+
+    _children: dict[tuple[Any, ...], Any]
+
+    def labels(self: _M, *values: Any, **kw: Any) -> _M:
+        if kw:
+            return super().labels(**kw)  # type: ignore[misc, no-any-return]
+        children = self.__dict__.setdefault("_children", {})
+        child: _M | None = children.get(values)
+        if child is None:
+            child = children[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
+
 
 #: escalation reasons (bounded label values)
 REASONS = ("low_confidence", "prompt_gate", "upstream_error", "timeout", "truncated", "empty")
@@ -50,6 +96,7 @@ THRESHOLD = Gauge(
     "router_threshold",
     "Current escalation threshold of the policy applied after each tier.",
     ["tier"],
+    multiprocess_mode="livemostrecent",  # workers' online thresholds differ: the latest one
 )
 TOKENS = Counter(
     "router_tokens_total",
@@ -92,6 +139,7 @@ UPSTREAM_ERRORS = Counter(
 IN_FLIGHT = Gauge(
     "router_in_flight_requests",
     "API requests being processed (queued ones included).",
+    multiprocess_mode="livesum",
 )
 REJECTED = Counter(
     "router_rejected_requests_total",
@@ -173,4 +221,31 @@ SHADOW_COST = Counter(
 SHADOW_IN_FLIGHT = Gauge(
     "router_shadow_in_flight_requests",
     "Shadow samples being processed.",
+    multiprocess_mode="livesum",
 )
+
+
+# -- one scrape for N workers -------------------------------------------------------------------
+
+#: families a serving process must not export (they exist in every process that imports this
+#: module, so a multiprocess directory holds them too)
+OFFLINE_PREFIX = "router_select_"
+
+
+class _ServingFamilies:
+    """The multiprocess collector, minus the offline families."""
+
+    def __init__(self, path: Path) -> None:
+        self._inner = MultiProcessCollector(None, path=str(path))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():  # type: ignore[no-untyped-call]
+            if not family.name.startswith(OFFLINE_PREFIX):
+                yield family
+
+
+def multiprocess_registry(path: Path) -> CollectorRegistry:
+    """A registry whose scrape sums the values every worker wrote to `path`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServingFamilies(path))
+    return registry

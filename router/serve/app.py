@@ -11,11 +11,14 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router import metrics
 from router._version import __version__
 from router.backends import Backend, build_backends
 from router.config import Settings
@@ -27,6 +30,7 @@ from router.serve.error_handlers import (
     internal_error_handler,
     router_error_handler,
 )
+from router.serve.hot_lane import HotLaneMiddleware
 from router.serve.protection import ProtectionMiddleware
 from router.serve.routes import chat, completions, docs, health, models
 from router.serve.shadow import ShadowSampler
@@ -44,6 +48,13 @@ def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> t
     return tuple(keys)
 
 
+async def hot_lane_error(request: Request, exc: Exception) -> JSONResponse:
+    """The same answers the app's handlers give, for the hot lane's endpoints."""
+    if isinstance(exc, RouterError):
+        return await router_error_handler(request, exc)
+    return await internal_error_handler(request, exc)
+
+
 def _no_native_telemetry() -> dict[str, Any]:
     """Newer FastAPI releases trace, meter and log every request through OpenTelemetry by
     default: about 5% of the router's CPU per request, for data our own Prometheus metrics
@@ -55,9 +66,12 @@ def _no_native_telemetry() -> dict[str, Any]:
 
 
 def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None, *,
-               environ: Mapping[str, str] | None = None, preload: bool = True) -> FastAPI:
+               environ: Mapping[str, str] | None = None, preload: bool = True,
+               worker: int | None = None, metrics_dir: Path | None = None) -> FastAPI:
     """The app. `backends` (tier name -> Backend) replaces the ones built from config; the
     caller then owns them. `environ` resolves `server.api_keys_env` (the CLI passes os.environ).
+    With N workers, `worker` is this process's index (stamped on decision-log lines) and
+    `metrics_dir` the multiprocess metrics directory `/metrics` sums over.
     """
     cascade_backends = dict(backends) if backends is not None else build_backends(settings)
     owns = backends is None
@@ -71,10 +85,12 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServeState(settings=settings, backends=cascade_backends, cascade=cascade,
                            owns_backends=owns, api_keys=keys)
+        if metrics_dir is not None:
+            state.metrics_registry = metrics.multiprocess_registry(metrics_dir)
         dl = settings.server.decision_log
         if dl is not None:
             state.decision_log = DecisionLog(settings.resolve(dl.path),
-                                             include_prompt=dl.include_prompt)
+                                             include_prompt=dl.include_prompt, worker=worker)
             await state.decision_log.start()
         shadow = settings.cascade.shadow
         if shadow is not None and shadow.fraction > 0 and len(cascade.tiers) > 1:
@@ -110,6 +126,8 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     for module in (chat, completions, models, health, docs):
         app.include_router(module.router)
     server = settings.server
+    app.add_middleware(HotLaneMiddleware, on_error=hot_lane_error, endpoints={  # inner
+        "/v1/chat/completions": chat.endpoint, "/v1/completions": completions.endpoint})
     app.add_middleware(ProtectionMiddleware, api_keys=keys, max_body_bytes=server.max_body_bytes,
                        max_in_flight=server.max_in_flight, max_queue=server.max_queue,
                        body_timeout_s=server.body_timeout_s,

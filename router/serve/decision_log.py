@@ -3,7 +3,12 @@
 Each line: time, id, endpoint, requested model, final tier and model, escalated/degraded, the
 first escalation reason, signal and confidence, every tier tried (score, threshold, decision,
 latency, tokens, cost), total latency, usage, cost and counterfactual top-tier cost, and the
-prompt (only when `include_prompt`) or its SHA-256. It is the input of calibration and eval.
+prompt (only when `include_prompt`) or its SHA-256, and the worker that served it (`router serve
+--workers N`). It is the input of calibration and eval.
+
+N workers append to one file: the file is opened with O_APPEND and every batch of whole lines is
+one `write(2)`, which the kernel appends atomically (the offset update and the copy happen under
+the file's lock), so lines of two workers never interleave or tear.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,9 +57,11 @@ def record_for(outcome: Outcome, *, rid: str, endpoint: str, requested_model: st
 class DecisionLog:
     """Appends records from a queue in a background task; `close` drains it."""
 
-    def __init__(self, path: Path, *, include_prompt: bool = False) -> None:
+    def __init__(self, path: Path, *, include_prompt: bool = False,
+                 worker: int | None = None) -> None:
         self.path = path
         self.include_prompt = include_prompt
+        self.worker = worker
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -62,10 +70,14 @@ class DecisionLog:
         self._task = asyncio.create_task(self._writer())
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.worker is not None:
+            record["worker"] = self.worker
         self._queue.put_nowait(record)
 
     async def _writer(self) -> None:
-        with self.path.open("ab") as f:
+        fd = await asyncio.to_thread(os.open, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                     0o644)
+        try:
             while True:
                 batch = [await self._queue.get()]
                 while not self._queue.empty():
@@ -74,11 +86,13 @@ class DecisionLog:
                                  for r in batch if r is not None)
                 if lines:
                     try:
-                        await asyncio.to_thread(_append, f, lines)
+                        await asyncio.to_thread(_append, fd, lines)
                     except OSError:
                         log.exception("cannot write the decision log %s", self.path)
                 if None in batch:
                     return
+        finally:
+            os.close(fd)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -88,6 +102,9 @@ class DecisionLog:
             self._task = None
 
 
-def _append(f: Any, data: bytes) -> None:
-    f.write(data)
-    f.flush()
+def _append(fd: int, data: bytes) -> None:
+    """One O_APPEND write of whole lines. A short write (a full disk) goes on from where it
+    stopped; only then could another process's line land in between."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

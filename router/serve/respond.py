@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from router.backends.base import GenerationRequest, StreamDelta, Usage
 from router.errors import RouterError, UpstreamTimeout
@@ -18,6 +18,7 @@ from router.serve import openai_format as fmt
 from router.serve.cascade import Outcome
 from router.serve.decision_log import record_for
 from router.serve.state import ServeState
+from router.serve.streaming import EventStreamResponse
 
 log = logging.getLogger("router.serve")
 
@@ -100,7 +101,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
     outcome = first
     writer = fmt.ChunkWriter(chat=chat, rid=rid, model=outcome.tier.model)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         finish: str | None = None
         usage: Usage | None = None
         status = 200
@@ -137,4 +138,4 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
         yield fmt.SSE_DONE
 
     headers = {**outcome.headers(), "cache-control": "no-cache"}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+    return EventStreamResponse(body(), headers=headers)

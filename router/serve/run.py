@@ -1,14 +1,18 @@
-"""Run the app under uvicorn: one worker, graceful shutdown (in-flight requests finish within
-`server.shutdown_grace_s`). The CLI's `router serve [--config FILE] [--host] [--port]` calls
-`serve_main`; it is the only place here that reads the environment."""
+"""Run the app under uvicorn, with graceful shutdown (in-flight requests finish within
+`server.shutdown_grace_s`): in this process for one worker, under `router.serve.workers`'
+supervisor for N. The CLI's `router serve [--config FILE] [--host] [--port] [--workers N|auto]`
+calls `serve_main`; it is the only place here that reads the environment."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 
@@ -16,36 +20,69 @@ from router.config import Settings, load_settings
 from router.errors import RouterError
 
 
-def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
-               environ: dict[str, str] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn stops accepting, then waits for in-flight requests."""
+def serve_app(settings: Settings, *, host: str | None = None, port: int | None = None,
+              sock: socket.socket | None = None, environ: Mapping[str, str],
+              worker: int | None = None, metrics_dir: Path | None = None) -> None:
+    """Serve one app until SIGINT/SIGTERM, on `sock` (a worker) or on host:port; uvicorn stops
+    accepting, then waits for in-flight requests."""
     from router.serve.app import create_app
 
-    app = create_app(settings, environ=environ if environ is not None else dict(os.environ))
+    app = create_app(settings, environ=environ, worker=worker, metrics_dir=metrics_dir)
     config = uvicorn.Config(
         app, host=host or settings.server.host,
         port=port if port is not None else settings.server.port,
         workers=1, lifespan="on", log_level="info", access_log=False,
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) or None,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def check_policies(settings: Settings) -> None:
+    """Load every policy the cascade will (PolicyError now, not in N workers at start-up)."""
+    from router.policy import load_policy
+    from router.serve.online import decider_for
+
+    cfg = settings.cascade
+    paths = [cfg.policy, *(t.policy for t in settings.tiers if t.policy is not None)]
+    for path in paths:
+        decider_for(load_policy(settings.resolve(path)))
+    if cfg.prompt_gate is not None:
+        decider_for(load_policy(settings.resolve(cfg.prompt_gate.policy)))
+
+
+def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
+               environ: Mapping[str, str] | None = None,
+               workers: int | Literal["auto"] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM with `workers` (default: `server.workers`) processes."""
+    from router.serve.workers import Supervisor, worker_count
+
+    env = environ if environ is not None else dict(os.environ)
+    n = worker_count(workers if workers is not None else settings.server.workers)
+    if n == 1:
+        serve_app(settings, host=host, port=port, environ=env)
+        return 0
+    check_policies(settings)
+    return Supervisor(settings, workers=n, host=host or settings.server.host,
+                      port=port if port is not None else settings.server.port,
+                      environ=env).run()
 
 
 def serve_main(args: argparse.Namespace | str | Path | None = None, host: str | None = None,
                port: int | None = None) -> int:
-    """`router serve`: takes the CLI's parsed args (`config`, `host`, `port`) or the three values.
-    0 on a clean shutdown, 2 on a config or policy error."""
+    """`router serve`: takes the CLI's parsed args (`config`, `host`, `port`, `workers`) or the
+    values. 0 on a clean shutdown, 1 if workers kept crashing, 2 on a config or policy error."""
+    workers: int | Literal["auto"] | None = None
     if isinstance(args, argparse.Namespace):
         config_path: str | Path | None = getattr(args, "config", None)
         host, port = getattr(args, "host", None), getattr(args, "port", None)
+        workers = getattr(args, "workers", None)
     else:
         config_path = args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     try:
         settings = load_settings(config_path)
-        run_server(settings, host, port, environ=dict(os.environ))
+        return run_server(settings, host, port, environ=dict(os.environ), workers=workers)
     except RouterError as exc:
         print(f"router serve: error: {exc.message}", file=sys.stderr)
         return 2
-    return 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from router.backends.base import Backend
 from router.config import Settings
@@ -23,6 +24,12 @@ class ServeState:
     decision_log: DecisionLog | None = None
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     shadow: ShadowSampler | None = None
+    metrics_registry: CollectorRegistry = REGISTRY  # a multiprocess one with N workers
+
+    @property
+    def top_k(self) -> int:
+        """The top-k every tier is asked for (the largest any tier's signal needs)."""
+        return max(t.config.top_logprobs for t in self.cascade.tiers)
 
 
 async def get_state(request: Request) -> ServeState:  # async: FastAPI runs sync deps in threads

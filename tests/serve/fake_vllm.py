@@ -9,6 +9,8 @@ Behaviour is picked by the requested model name:
     flaky          503 on every other call (retries)
     huge           an answer of HUGE_BYTES bytes of text, no logprobs (body or stream)
     bad-<case>     a 200 answer broken as MALFORMED[case] says (body and every stream chunk)
+    varied         a normal answer whose token logprob is read from the prompt: the number
+                   after `logprob=` in it (-0.05 when there is none)
 
 Every request body is appended to RECEIVED (the tests read what reached the upstream).
 """
@@ -16,6 +18,7 @@ Every request body is appended to RECEIVED (the tests read what reached the upst
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -82,11 +85,15 @@ MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
     "logprobs-list": _set("logprobs", [1]),
     "usage-list": lambda c: None,  # the answer's usage, not a choice: see _break
 }
-MODELS = ["ok", "ok-low", "error500", "slow", "badjson", "cutstream", "flaky", "huge",
+MODELS = ["ok", "ok-low", "error500", "slow", "badjson", "cutstream", "flaky", "huge", "varied",
           *(f"bad-{case}" for case in MALFORMED)]
+_LOGPROB_IN_PROMPT = re.compile(r"logprob=(-?[0-9.]+)")
 
 
-def _lp(model: str) -> float:
+def _lp(model: str, body: dict[str, Any] | None = None) -> float:
+    if model == "varied" and body is not None:
+        found = _LOGPROB_IN_PROMPT.search(str(body.get("messages") or body.get("prompt")))
+        return float(found.group(1)) if found else -0.05
     return -4.0 if model == "ok-low" else -0.05
 
 
@@ -155,7 +162,7 @@ async def chat(request: Request) -> Response:
     if bad is not None:
         return bad
     k = int(body.get("top_logprobs") or 0)
-    lp = _lp(model)
+    lp = _lp(model, body)
     rid, created = "chatcmpl-fake", int(time.time())
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:
@@ -198,7 +205,7 @@ async def completions(request: Request) -> Response:
     if bad is not None:
         return bad
     k = int(body.get("logprobs") or 0)
-    lp = _lp(model)
+    lp = _lp(model, body)
     rid, created = "cmpl-fake", int(time.time())
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:

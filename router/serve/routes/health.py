@@ -1,4 +1,5 @@
-"""GET /healthz (alive), /readyz (every tier loadable or reachable), /metrics (Prometheus).
+"""GET /healthz (alive), /readyz (every tier loadable or reachable), /metrics (Prometheus; the
+sum over workers when there are several).
 
 `/readyz` answers each tier's state as a word (`ok`, `timeout` or the error type), and only to
 a caller with a valid key when `server.ops_require_key` is set; why a tier failed (its URL, the
@@ -13,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.errors import RouterError
 from router.serve.error_handlers import request_id_of
@@ -61,5 +62,5 @@ async def readyz(request: Request, state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def prometheus_metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def prometheus_metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
