@@ -89,7 +89,6 @@ def _default_signal(settings: Any) -> str:
 
 def calibrate_main(args: argparse.Namespace) -> int:
     from router.backends import build_backend
-    from router.calibrate.fit import fit_rate, fit_risk
     from router.calibrate.sources import (
         Scored,
         attach_labels,
@@ -157,19 +156,11 @@ def calibrate_main(args: argparse.Namespace) -> int:
         "signal": scored.signal.key, "scorer_version": SCORER_VERSION, "fitted_at": now_iso()}
     if max_tokens is not None:
         calib["max_tokens"] = max_tokens
-    if args.target_escalation is not None:
-        fit = fit_rate(scored.scores, args.target_escalation)
-        calib.update(method="target_escalation", target_escalation=args.target_escalation,
-                     escalation_on_data=round(fit.escalation_rate, 6))
-    else:
-        correct = attach_labels(scored, labels, args.labels)
-        fit = fit_risk(scored.scores, correct, args.max_error, args.confidence)
-        calib.update(method="risk_control", max_error=args.max_error,
-                     confidence=args.confidence,
-                     accepted_error=None if fit.accepted_error is None
-                     else round(fit.accepted_error, 6),
-                     escalation_on_data=round(fit.escalation_rate, 6),
-                     labels=str(args.labels) if args.labels else "prompt checks")
+    labelled = (None if args.target_escalation is not None
+                else attach_labels(scored, labels, args.labels))
+    fit = _fit_threshold(args, scored.scores, labelled, calib)
+    if args.max_error is not None:
+        calib["labels"] = str(args.labels) if args.labels else "prompt checks"
     calib["threshold"] = fit.threshold
     name = args.name or args.policy_out.stem
     policy = Policy(name=name, signal=scored.signal,
@@ -201,7 +192,6 @@ def _head(scored: Any, n: int) -> Any:
 
 def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | None) -> int:
     """Fit a learned rule on labelled tier-0 answers, then its threshold."""
-    from router.calibrate.fit import fit_rate, fit_risk
     from router.calibrate.sources import learning_rows
     from router.learned_fit import DEFAULT_C, DEFAULT_FEATURES, DEFAULT_FOLDS, fit_learned
     from router.policy import Policy, ThresholdRule, now_iso, save_policy
@@ -226,17 +216,7 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
                              "cv_auroc": round(fit.cv_auroc, 6)}
     if rows.max_tokens is not None:
         calib["max_tokens"] = rows.max_tokens
-    if args.target_escalation is not None:
-        tfit = fit_rate(scores, args.target_escalation)
-        calib.update(method="target_escalation", target_escalation=args.target_escalation,
-                     escalation_on_data=round(tfit.escalation_rate, 6))
-    else:
-        tfit = fit_risk(scores, rows.correct, args.max_error, args.confidence)
-        calib.update(method="risk_control", max_error=args.max_error,
-                     confidence=args.confidence,
-                     accepted_error=None if tfit.accepted_error is None
-                     else round(tfit.accepted_error, 6),
-                     escalation_on_data=round(tfit.escalation_rate, 6))
+    tfit = _fit_threshold(args, scores, rows.correct, calib)
     calib["threshold"] = tfit.threshold
     name = args.name or args.policy_out.stem
     policy = Policy(name=name, signal=fit.signal,
@@ -253,3 +233,21 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
           f"escalation on this data: {tfit.escalation_rate:.3f}")
     print(f"  policy written to {args.policy_out}")
     return 0
+
+
+def _fit_threshold(args: argparse.Namespace, scores: Any, correct: Any,
+                   calib: dict[str, Any]) -> Any:
+    """The threshold for --target-escalation or --max-error, its figures added to `calib`."""
+    from router.calibrate.fit import fit_rate, fit_risk
+
+    if args.target_escalation is not None:
+        fit = fit_rate(scores, args.target_escalation)
+        calib.update(method="target_escalation", target_escalation=args.target_escalation,
+                     escalation_on_data=round(fit.escalation_rate, 6))
+        return fit
+    fit = fit_risk(scores, correct, args.max_error, args.confidence)
+    calib.update(method="risk_control", max_error=args.max_error, confidence=args.confidence,
+                 accepted_error=None if fit.accepted_error is None
+                 else round(fit.accepted_error, 6),
+                 escalation_on_data=round(fit.escalation_rate, 6))
+    return fit

@@ -120,21 +120,29 @@ CATEGORIES: tuple[tuple[str, Callable[[random.Random], Made]], ...] = (
 )
 
 
-def generate(seed: int = DEFAULT_SEED, n: int = DEFAULT_SIZE) -> list[EvalItem]:
-    """`n` distinct items (support phrasings may repeat once every phrasing is used).
+Categories = tuple[tuple[str, Callable[[random.Random], Made]], ...]
 
-    Example: generate(0, 2) -> [arithmetic item "builtin-s0-0000", units item "builtin-s0-0001"].
-    """
-    rng = random.Random(seed)
+
+def interleaved(categories: Categories, rng: random.Random, n: int,
+                prefix: str) -> list[EvalItem]:
+    """`n` distinct items, item i of category i % len(categories), ids `{prefix}-NNNN`."""
     items: list[EvalItem] = []
     seen: set[str] = set()
     for i in range(n):
-        name, make = CATEGORIES[i % len(CATEGORIES)]
+        name, make = categories[i % len(categories)]
         for _attempt in range(50):
             prompt, check, reference = make(rng)
             if prompt not in seen:
                 break
         seen.add(prompt)
-        items.append(EvalItem(id=f"builtin-s{seed}-{i:04d}", prompt=prompt, check=check,
+        items.append(EvalItem(id=f"{prefix}-{i:04d}", prompt=prompt, check=check,
                               reference=reference, category=name))
     return items
+
+
+def generate(seed: int = DEFAULT_SEED, n: int = DEFAULT_SIZE) -> list[EvalItem]:
+    """`n` distinct items (support phrasings may repeat once every phrasing is used).
+
+    Example: generate(0, 2) -> [arithmetic item "builtin-s0-0000", units item "builtin-s0-0001"].
+    """
+    return interleaved(CATEGORIES, random.Random(seed), n, f"builtin-s{seed}")

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
-from router.evalset.generate import EvalItem, Made
+from router.evalset.generate import EvalItem, Made, interleaved
 
 NAMES = ("Anna", "Ben", "Carla", "David", "Elif", "Farid", "Grace", "Hiro", "Ines", "Jonas")
 THINGS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells")
@@ -174,17 +173,5 @@ def generate_heldout(seed: int = 0, n: int = 80) -> list[EvalItem]:
 
     Example: generate_heldout(0, 2) -> a word problem "heldout-s0-0000", a fact "...-0001".
     """
-    rng = random.Random(f"heldout-{seed}")
-    items: list[EvalItem] = []
-    seen: set[str] = set()
-    for i in range(n):
-        name, make = CATEGORIES_HELDOUT[i % len(CATEGORIES_HELDOUT)]
-        for _attempt in range(50):
-            prompt, check, reference = make(rng)
-            if prompt not in seen:
-                break
-        seen.add(prompt)
-        extra: dict[str, Any] = {}
-        items.append(EvalItem(id=f"heldout-s{seed}-{i:04d}", prompt=prompt, check=check,
-                              reference=reference, category=name, extra=extra))
-    return items
+    return interleaved(CATEGORIES_HELDOUT, random.Random(f"heldout-{seed}"), n,
+                       f"heldout-s{seed}")
