@@ -7,12 +7,21 @@ and numpy turns them into log-probabilities in one vectorised step per batch.
 
 Token alignment: the logits output at position i predict token i+1. A text's first token is
 scored only when the model prepends BOS (as vLLM/Transformers do); otherwise it is context.
+
+Scoring many texts (`score_many`, the default of the embedded backend) packs their windows into
+one llama.cpp batch of up to `n_batch` tokens, one sequence id per window, each starting at
+position 0 in a KV cache cleared before the batch: a window attends only to its own tokens, so
+its logits are those of scoring it alone, up to the rounding of llama.cpp's batched kernels.
+Only the positions that predict a scored token ask for logits (context-only positions of a
+strided window skip the LM head), and numpy reduces them to a log-sum-exp and one gather per
+row (`router.backends._packing`). `score` keeps the one-text-at-a-time path as the reference.
 """
 
 from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,10 +32,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from router.backends._packing import (
+    Segment,
+    gather_logprobs,
+    pack_segments,
+    row_logsumexp,
+    top_k_logprobs,
+)
 from router.errors import InputError, ModelError
 from router.scoring import TokenLogprobs, Window, window_plan
 
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+#: sequence ids one packed batch may hold (llama.cpp allows up to 256)
+MAX_PACKED_SEQUENCES = 64
 
 
 def log_softmax_rows(logits: F32) -> F32:
@@ -103,6 +123,7 @@ class LlamaEngine:
                 verbose=False,
                 seed=seed,
             )
+            self._packing_context()
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load GGUF model {path}: {exc}") from None
         import llama_cpp
@@ -120,6 +141,23 @@ class LlamaEngine:
         self._cached: list[int] = []  # tokens whose KV entries are in the context
         self._pieces: list[bytes] | None = None
         self._piece_len: npt.NDArray[np.int64] | None = None
+
+    def _packing_context(self) -> None:
+        """Replace the context Llama made (one sequence) with one that holds several.
+
+        A unified KV cache (`kv_unified`) keeps one cell pool for all sequence ids, so a packed
+        batch may mix windows of any lengths; generation still uses sequence 0 alone.
+        """
+        from llama_cpp import _internals
+
+        params = self._llm.context_params
+        params.n_seq_max = MAX_PACKED_SEQUENCES
+        params.kv_unified = True
+        old = self._llm._ctx
+        self._llm._ctx = _internals.LlamaContext(
+            model=self._llm._model, params=params, verbose=False
+        )
+        old.close()  # type: ignore[no-untyped-call]
 
     # -- vocabulary -------------------------------------------------------------------------
 
@@ -169,7 +207,7 @@ class LlamaEngine:
         slightly and a greedy answer could depend on the previous request. Every request
         evaluates its whole prompt in batches instead: same request, same answer.
         """
-        self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._lc.llama_memory_clear(self._llm._ctx.memory, False)  # every sequence id
         self._cached.clear()
 
     def _decode(self, tokens: Sequence[int], n_past: int, all_logits: bool) -> F32:
@@ -206,6 +244,10 @@ class LlamaEngine:
         self, text: str, *, window: int | None = None, stride: int | None = None, top_k: int = 0
     ) -> TokenLogprobs:
         """Log-probability of every scorable token of `text`, in strided windows if long."""
+        ids = self._score_ids(text)
+        return self._score_plan(ids, self._windows(len(ids), window, stride), top_k)
+
+    def _score_ids(self, text: str) -> list[int]:
         if not text:
             raise InputError("cannot score an empty text")
         ids = self.tokenize(text, add_bos=self.add_bos)
@@ -214,9 +256,11 @@ class LlamaEngine:
                 f"text {text[:40]!r} has {len(ids)} token(s): at least 2 are needed to "
                 "score it with a model that has no BOS token"
             )
+        return ids
+
+    def _windows(self, n_tokens: int, window: int | None, stride: int | None) -> list[Window]:
         win = min(window or self.n_ctx, self.n_ctx)
-        plan = window_plan(len(ids), win, stride or max(1, win // 2))
-        return self._score_plan(ids, plan, top_k)
+        return window_plan(n_tokens, win, stride or max(1, win // 2))
 
     def _score_plan(self, ids: list[int], plan: list[Window], top_k: int) -> TokenLogprobs:
         lps: list[F32] = []
@@ -238,6 +282,128 @@ class LlamaEngine:
             token_bytes=self.piece_len[targets_all],
             top_logprobs=np.concatenate(tops).astype(np.float64) if tops else None,
             tokens=tuple(self.token_str(int(t)) for t in targets_all),
+        )
+
+    # -- packed scoring ---------------------------------------------------------------------
+
+    def score_many(
+        self,
+        texts: Sequence[str],
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        top_k: int = 0,
+    ) -> list[TokenLogprobs]:
+        """`score` of every text, their windows packed several to a llama.cpp batch.
+
+        Every text is tokenised and checked first, so a text that cannot be scored raises
+        InputError before any work. Results come back in the order of `texts`.
+        """
+        ids = [self._score_ids(t) for t in texts]
+        segs: list[Segment] = []
+        for d, seq in enumerate(ids):
+            for w in self._windows(len(seq), window, stride):
+                lo = max(w.score_from, w.start + 1)  # row j predicts token start + j + 1
+                segs.append(Segment(d, w.start, w.end, lo - w.start - 1))
+        done: list[tuple[F32, F32 | None]] = [(np.zeros(0, np.float32), None)] * len(segs)
+        plan = pack_segments(
+            [s.length for s in segs], n_batch=self.n_batch, max_seqs=MAX_PACKED_SEQUENCES
+        )
+        for group in plan:
+            parts = [segs[i] for i in group]
+            for i, res in zip(group, self._eval_segments(ids, parts, top_k), strict=True):
+                done[i] = res
+        per_doc: list[list[int]] = [[] for _ in texts]
+        for i, s in enumerate(segs):
+            per_doc[s.doc].append(i)  # windows of a text stay in plan order
+        return [self._assemble(ids[d], [segs[i] for i in idx], [done[i] for i in idx])
+                for d, idx in enumerate(per_doc)]
+
+    def _eval_segments(
+        self, ids: list[list[int]], parts: list[Segment], top_k: int
+    ) -> list[tuple[F32, F32 | None]]:
+        """Log-probabilities (and top-k) of the output rows of each segment of one batch.
+
+        Segments that fit share one decode; a longer one (alone in its group) is decoded in
+        chunks of `n_batch`, its KV cache growing chunk by chunk.
+        """
+        self._reset()
+        toks = [ids[p.doc][p.start : p.end] for p in parts]
+        targets = [np.asarray(ids[p.doc][p.start + p.out_from + 1 : p.end], np.int64)
+                   for p in parts]
+        if len(parts) > 1 or parts[0].length <= self.n_batch:
+            logits = self._decode_packed(
+                [(seq, t, 0, p.out_from, p.length - 1)
+                 for seq, (t, p) in enumerate(zip(toks, parts, strict=True))])
+            rows = _reduce(logits, np.concatenate(targets), top_k)
+            bounds = itertools.pairwise(np.cumsum([0] + [p.n_out for p in parts]))
+            return [(rows[0][a:b], None if rows[1] is None else rows[1][a:b])
+                    for a, b in bounds]
+        (p,), (t,), (tg,) = parts, toks, targets
+        lps: list[F32] = []
+        tops: list[F32] = []
+        got = 0
+        for c0 in range(0, p.length, self.n_batch):
+            c1 = min(c0 + self.n_batch, p.length)
+            lo, hi = max(p.out_from, c0) - c0, min(p.length - 1, c1) - c0
+            logits = self._decode_packed([(0, t[c0:c1], c0, lo, hi)])
+            n = len(logits)
+            lp, top = _reduce(logits, tg[got : got + n], top_k)
+            got += n
+            lps.append(lp)
+            if top is not None:
+                tops.append(top)
+        return [(np.concatenate(lps), np.concatenate(tops) if tops else None)]
+
+    def _decode_packed(self, seqs: Sequence[tuple[int, Sequence[int], int, int, int]]) -> F32:
+        """One llama_decode of (seq_id, tokens, first position, out_lo, out_hi) sequences.
+
+        Rows out_lo..out_hi-1 (relative to the sequence's tokens) ask for logits. Returns the
+        output rows in batch order: a view of llama.cpp's buffer, valid until the next decode.
+        """
+        b = self._llm._batch.batch
+        n = sum(len(t) for _, t, _, _, _ in seqs)
+        tok = np.ctypeslib.as_array(b.token, shape=(n,))
+        pos = np.ctypeslib.as_array(b.pos, shape=(n,))
+        out = np.ctypeslib.as_array(b.logits, shape=(n,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
+        seq_of = b.seq_id
+        o = 0
+        for seq, t, p0, lo, hi in seqs:
+            m = len(t)
+            tok[o : o + m] = t
+            pos[o : o + m] = np.arange(p0, p0 + m)
+            out[o : o + m] = 0
+            out[o + lo : o + hi] = 1
+            for j in range(o, o + m):  # one pointer per token: no array view exists
+                seq_of[j][0] = seq
+            o += m
+        b.n_tokens = n
+        try:
+            self._llm._ctx.decode(self._llm._batch)
+        except RuntimeError as exc:
+            self._reset()
+            raise ModelError(f"llama.cpp decode failed: {exc}") from None
+        n_out = int(out.sum())
+        if n_out == 0:
+            return np.zeros((0, self.n_vocab), np.float32)
+        raw = np.ctypeslib.as_array(
+            self._llm._ctx.get_logits(),  # type: ignore[no-untyped-call]
+            shape=(n_out * self.n_vocab,),
+        )
+        return raw.reshape(n_out, self.n_vocab)
+
+    def _assemble(
+        self, ids: list[int], segs: list[Segment], rows: list[tuple[F32, F32 | None]]
+    ) -> TokenLogprobs:
+        targets = np.concatenate(
+            [np.asarray(ids[s.start + s.out_from + 1 : s.end], np.int64) for s in segs])
+        tops = [t for _, t in rows if t is not None]
+        return TokenLogprobs(
+            logprobs=np.concatenate([lp for lp, _ in rows]).astype(np.float64),
+            token_bytes=self.piece_len[targets],
+            top_logprobs=np.concatenate(tops).astype(np.float64) if tops else None,
+            tokens=tuple(self.token_str(int(t)) for t in targets),
         )
 
     # -- generation -------------------------------------------------------------------------
@@ -297,3 +463,10 @@ class LlamaEngine:
             q = p[keep] / p[keep].sum()
             return int(keep[rng.choice(len(keep), p=q)])
         return int(rng.choice(len(p), p=p))
+
+
+def _reduce(logits: F32, targets: I64, top_k: int) -> tuple[F32, F32 | None]:
+    """Output rows -> (log-probability of each target, top-k log-probabilities or None)."""
+    lse = row_logsumexp(logits)
+    top = top_k_logprobs(logits, lse, top_k) if top_k > 0 else None
+    return gather_logprobs(logits, targets, lse), top

@@ -244,9 +244,7 @@ class EmbeddedBackend:
         s = self.settings
         k = top_k or s.score_top_k
         return await self._run(
-            lambda e: [
-                e.score(t, window=s.score_window, stride=s.score_stride, top_k=k) for t in texts
-            ]
+            lambda e: e.score_many(texts, window=s.score_window, stride=s.score_stride, top_k=k)
         )
 
     async def tokenize(self, text: str) -> list[int]:
