@@ -108,6 +108,11 @@ class VllmEngineTier(_TierBase):
     """vLLM's engine in this process; `model` is a Hugging Face model dir or id."""
 
     backend: Literal["vllm_engine"]
+    # keyword arguments of vllm.LLM over DEFAULT_ENGINE_ARGS (chunked prefill, bounded
+    # max_num_batched_tokens against prompt_logprobs' memory peak)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    score_window: int | None = Field(None, ge=8)  # default: max_model_len - 1
+    score_stride: int | None = Field(None, ge=1)  # default: half the window
 
 
 #: one tier's config: the keys of its backend only (`backend` picks the class)

@@ -85,7 +85,13 @@ def build_backend(
     if tier.backend == "vllm_engine":
         from router.backends.vllm_engine import VllmEngineBackend
 
-        return VllmEngineBackend(tier.model, tier.model)
+        return VllmEngineBackend(
+            tier.model,
+            tier.model,
+            engine_args=tier.engine_args,
+            score_window=tier.score_window,
+            score_stride=tier.score_stride,
+        )
     assert_never(tier)
 
 

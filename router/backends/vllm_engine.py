@@ -5,7 +5,14 @@ imported on first use, so the default install never needs it.
 
 - score: `SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False)` over token ids
   the engine's own tokenizer produced (the first prompt token has no logprob, as in vLLM's
-  server: `prompt_logprobs[0] is None`),
+  server: `prompt_logprobs[0] is None`). A text longer than the model's context is scored in
+  strided windows (`router.scoring.window_plan`, as the embedded backend does), never cut.
+  All texts of a call go to one `generate`, so vLLM batches them itself.
+- prompt_logprobs memory: vLLM materialises a (scheduled tokens x vocabulary) logits tensor
+  and its float32 log-softmax at once, about tokens x vocab x 6 bytes, which its memory
+  profiling does not count (vLLM issue 5907, PR 52054): 8192 tokens of a 152k vocabulary are
+  7.5 GiB. Chunked prefill with `max_num_batched_tokens` (DEFAULT_ENGINE_ARGS) bounds it:
+  2048 tokens -> 1.9 GiB at 152k, 0.6 GiB for SmolLM2's 49k. Raise it with `engine_args`.
 - generate: `SamplingParams(logprobs=k)`; chat prompts through the model's chat template.
 vLLM's engine is synchronous here, so calls run in a worker thread, one at a time.
 """
@@ -27,16 +34,30 @@ from router.backends.base import (
     Usage,
 )
 from router.errors import InputError, ModelError, ScoringError, UpstreamError
-from router.scoring import TokenLogprobs
+from router.scoring import TokenLogprobs, Window, window_plan
+
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {
+    "max_logprobs": 20,
+    "enable_chunked_prefill": True,
+    "max_num_batched_tokens": 2048,  # bounds prompt_logprobs' tokens x vocab float32 peak
+}
 
 
 class VllmEngineBackend:
     def __init__(
-        self, model_id: str, model_path: str, *, engine_args: dict[str, Any] | None = None
+        self,
+        model_id: str,
+        model_path: str,
+        *,
+        engine_args: dict[str, Any] | None = None,
+        score_window: int | None = None,
+        score_stride: int | None = None,
     ) -> None:
         self._model_id = model_id
         self.model_path = model_path
-        self.engine_args = {"max_logprobs": 20, **(engine_args or {})}
+        self.engine_args = {**DEFAULT_ENGINE_ARGS, **(engine_args or {})}
+        self.score_window = score_window  # default: the model's max_model_len - 1
+        self.score_stride = score_stride  # default: half the window
         self._llm: Any = None
         self._lock = threading.Lock()
         self._queue = asyncio.Lock()
@@ -74,24 +95,43 @@ class VllmEngineBackend:
     async def aclose(self) -> None:
         self._llm = None
 
+    def _windows(self, llm: Any, n_tokens: int) -> list[Window]:
+        limit = int(llm.llm_engine.model_config.max_model_len) - 1  # room for max_tokens=1
+        win = min(self.score_window or limit, limit)
+        return window_plan(n_tokens, win, self.score_stride or max(1, win // 2))
+
     def _score_sync(self, llm: Any, texts: Sequence[str], top_k: int) -> list[TokenLogprobs]:
         from vllm import SamplingParams
 
         tok = llm.get_tokenizer()
-        prompts = []
+        docs: list[list[int]] = []
         for t in texts:
             if not t:
                 raise InputError("cannot score an empty text")
             ids = tok.encode(t)
             if len(ids) < 2:
                 raise InputError(f"text {t[:40]!r} has {len(ids)} token(s): need 2 to score")
-            prompts.append({"prompt_token_ids": ids})
+            docs.append(ids)
+        plans = [self._windows(llm, len(ids)) for ids in docs]
+        prompts = [ids[w.start : w.end] for ids, plan in zip(docs, plans, strict=True)
+                   for w in plan]
         params = SamplingParams(
             max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0
         )
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        return [prompt_logprobs_from_output(self.model_id, p["prompt_token_ids"], out, tok, top_k)
-                for p, out in zip(prompts, outs, strict=True)]
+        outs = iter(llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                 use_tqdm=False))
+        windows = iter(prompts)
+        result = []
+        for plan in plans:
+            seq: TokenLogprobs | None = None
+            for w in plan:  # a window scores its tokens from max(score_from, start + 1)
+                part = prompt_logprobs_from_output(self.model_id, next(windows), next(outs),
+                                                   tok, top_k)
+                part = _tail(part, w.end - max(w.score_from, w.start + 1))
+                seq = part if seq is None else seq.concat(part)
+            assert seq is not None
+            result.append(seq)
+        return result
 
     async def score(self, texts: Sequence[str], *, top_k: int = 0) -> list[TokenLogprobs]:
         seqs: list[TokenLogprobs] = await self._run(lambda llm: self._score_sync(llm, texts, top_k))
@@ -184,3 +224,12 @@ def prompt_logprobs_from_output(model_id: str, ids: Sequence[int], out: Any, tok
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, ScoringError) as exc:
         raise UpstreamError(f"vLLM engine {model_id} gave prompt logprobs of an unexpected "
                             f"shape: {type(exc).__name__}: {exc}", upstream=model_id) from None
+
+
+def _tail(seq: TokenLogprobs, n: int) -> TokenLogprobs:
+    """The last n tokens of seq. Example: tokens (a, b, c), n=2 -> (b, c)."""
+    if n == len(seq):
+        return seq
+    return TokenLogprobs(seq.logprobs[len(seq) - n :], seq.token_bytes[len(seq) - n :],
+                         None if seq.top_logprobs is None else seq.top_logprobs[len(seq) - n :],
+                         None if seq.tokens is None else seq.tokens[len(seq) - n :])
