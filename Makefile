@@ -35,6 +35,7 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[bench]'
 	$(BIN)/python bench/score_throughput.py
 
 clean:
