@@ -49,6 +49,7 @@ SCORERS = ("embedded-single", "embedded-packed", "embedded-packed-q8_0", "router
            "transformers-single", "transformers-batched", "vllm-cpu")
 HF_BATCH = 8
 SELECT_BATCH = 32  # ScorePlan.batch_size: documents per backend.score call in `router select`
+THREADS = int(os.environ.get("SCORE_BENCH_THREADS", "0")) or None  # None: the product default
 
 
 # -- corpora ---------------------------------------------------------------------------------
@@ -162,7 +163,8 @@ def work_embedded(texts: list[str], packed: bool, q8_0: bool = False) -> Work:
     from router.models import resolve_packaged
 
     path = resolve_packaged(MODEL)
-    engine = LlamaEngine(requantized_q8_0(path) if q8_0 else path, n_ctx=2048, n_batch=512)
+    engine = LlamaEngine(requantized_q8_0(path) if q8_0 else path, n_ctx=2048, n_batch=512,
+                         n_threads=THREADS)
     engine.score_many(texts[:2])  # warm-up: vocabulary table, first decodes
     sums: dict[str, float] = {}
     n_tokens = sum(len(engine.tokenize(t, add_bos=engine.add_bos)) - 1 for t in texts)
@@ -182,6 +184,8 @@ def work_embedded(texts: list[str], packed: bool, q8_0: bool = False) -> Work:
 
 
 def work_select(texts: list[str]) -> Work:
+    import yaml
+
     from router.config import load_settings
     from router.policy import load_policy
     from router.select.options import SelectOptions
@@ -189,16 +193,27 @@ def work_select(texts: list[str]) -> Work:
     from router.select.plan import default_model
 
     model = default_model(load_settings(None))
+    config = None
+    if THREADS:  # the default config with every tier's n_threads set (beside config.yaml,
+        raw = yaml.safe_load((ROOT / "config.yaml").read_text("utf-8"))  # for its paths)
+        for tier in raw["tiers"]:
+            tier["n_threads"] = THREADS
+        config = ROOT / f".score-bench-{os.getpid()}.yaml"
+        config.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "c.jsonl"
         corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
                                   for i, t in enumerate(texts)), encoding="utf-8")
         opts = SelectOptions(inputs=(str(corpus),), out=Path(tmp) / "out",
                              policy=load_policy(ROOT / "policies" / "finetune-top.yaml"),
-                             model=model, progress=False)
-        t0 = time.perf_counter()
-        stats = run_select(opts, log=lambda _m: None)
-        return time.perf_counter() - t0, int(stats["tokens"]), None
+                             model=model, config=config, progress=False)
+        try:
+            t0 = time.perf_counter()
+            stats = run_select(opts, log=lambda _m: None)
+            return time.perf_counter() - t0, int(stats["tokens"]), None
+        finally:
+            if config is not None:
+                config.unlink()
 
 
 def hf_model_dir() -> Path:
@@ -212,6 +227,8 @@ def work_transformers(texts: list[str], batch: int) -> Work:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if THREADS:
+        torch.set_num_threads(THREADS)
     path = hf_model_dir()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
@@ -343,6 +360,7 @@ def bench(corpora: dict[str, list[str]], scorers: list[str], rounds: int,
                 **agreement(corpora[c], rs[0]["logprob_sums"],
                             (per.get("embedded-single") or [{}])[0].get("logprob_sums"))}
     return {"model": MODEL, "rounds": rounds, "machine": machine(), "table": table,
+            "threads": THREADS or "default",
             "skipped": skipped}
 
 
@@ -374,7 +392,8 @@ def machine() -> str:
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"model {res['model']}, medians of {res['rounds']} rounds; {res['machine']}"]
+    lines = [f"model {res['model']}, medians of {res['rounds']} rounds, threads "
+             f"{res['threads']}; {res['machine']}"]
     for c, per in res["table"].items():
         any_row = next(iter(per.values()))
         lines.append(f"\n{c}: {any_row['docs']} documents")
@@ -407,6 +426,8 @@ def main() -> None:
     ap.add_argument("--corpus", default="paragraphs,short")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default=",".join(SCORERS), help="comma-separated scorers")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads of every scorer (default: each one's own default)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/score_throughput.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -415,6 +436,10 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.texts)
         return
+    if args.threads:
+        global THREADS
+        THREADS = args.threads
+        os.environ["SCORE_BENCH_THREADS"] = str(args.threads)
     makers = {"paragraphs": lambda: paragraphs(args.paragraphs),
               "short": lambda: short_docs()[: args.short or None]}
     corpora = {c: makers[c]() for c in args.corpus.split(",")}

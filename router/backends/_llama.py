@@ -8,8 +8,8 @@ and numpy turns them into log-probabilities in one vectorised step per batch.
 Token alignment: the logits output at position i predict token i+1. A text's first token is
 scored only when the model prepends BOS (as vLLM/Transformers do); otherwise it is context.
 
-Scoring many texts (`score_many`, the default of the embedded backend) packs their windows into
-one llama.cpp batch of up to `n_batch` tokens, one sequence id per window, each starting at
+Scoring many texts (`score_many`, the default of the embedded backend) packs their short windows
+into one llama.cpp batch of up to PACK_TOKENS tokens, one sequence id per window, each starting at
 position 0 in a KV cache cleared before the batch: a window attends only to its own tokens, so
 its logits are those of scoring it alone, up to the rounding of llama.cpp's batched kernels.
 Only the positions that predict a scored token ask for logits (context-only positions of a
@@ -47,6 +47,11 @@ I64 = npt.NDArray[np.int64]
 
 #: sequence ids one packed batch may hold (llama.cpp allows up to 256)
 MAX_PACKED_SEQUENCES = 64
+#: tokens per packed batch. Without flash attention, llama.cpp's CPU attention computes every
+#: (token, cell) pair of the batch and masks the other sequences' cells afterwards, so a
+#: packed batch of n tokens pays n^2 attention whatever its windows' lengths; measured with
+#: bench/scoring_profile.py, decode throughput peaks near 128-token batches on SmolLM2
+PACK_TOKENS = 128
 
 
 def log_softmax_rows(logits: F32) -> F32:
@@ -306,9 +311,8 @@ class LlamaEngine:
                 lo = max(w.score_from, w.start + 1)  # row j predicts token start + j + 1
                 segs.append(Segment(d, w.start, w.end, lo - w.start - 1))
         done: list[tuple[F32, F32 | None]] = [(np.zeros(0, np.float32), None)] * len(segs)
-        plan = pack_segments(
-            [s.length for s in segs], n_batch=self.n_batch, max_seqs=MAX_PACKED_SEQUENCES
-        )
+        plan = pack_segments([s.length for s in segs], n_batch=min(self.n_batch, PACK_TOKENS),
+                             max_seqs=MAX_PACKED_SEQUENCES)
         for group in plan:
             parts = [segs[i] for i in group]
             for i, res in zip(group, self._eval_segments(ids, parts, top_k), strict=True):
