@@ -57,9 +57,6 @@ class LearnedSignal:
     intercept: float
     fitted: Mapping[str, Any] = field(default_factory=dict)
 
-    name = LEARNED
-    q = math.nan
-
     def __post_init__(self) -> None:
         d = len(self.features)
         if d == 0:
@@ -185,16 +182,25 @@ def feature_matrix(token_signals: Mapping[str, npt.NDArray[np.float64]],
 Confidence = SignalSpec | LearnedSignal
 
 
-def confidence(signal: Confidence, seq: TokenLogprobs,
-               features: Mapping[str, float] | None = None) -> float:
-    """One answer's confidence under a policy's signal: a scorer signal of its token logprobs
-    (or a probe feature), or a learned rule over both. Serve, eval and calibrate all call this.
+def confidence_and_values(signal: Confidence, seq: TokenLogprobs,
+                          features: Mapping[str, float] | None = None
+                          ) -> tuple[float, dict[str, float]]:
+    """One answer's confidence under a policy's signal, and the named values it came from: a
+    scorer signal of its token logprobs (or a probe feature), or a learned rule over both.
+    Serve, eval and calibrate all score through this.
 
-    Example: mean_logprob of logprobs [-1, -3] -> -2.0.
+    Example: mean_logprob of logprobs [-1, -3] -> (-2.0, {"mean_logprob": -2.0}).
     """
     if isinstance(signal, LearnedSignal):
         specs = [s for s in signal.token_specs if s is not None]
         values = signal_vector(seq, specs, {k: v for k, v in (features or {}).items()
                                             if k in signal.features})
-        return signal.score(values)
-    return sequence_signal(seq, signal, features)
+        return signal.score(values), {f: values.get(f, math.nan) for f in signal.features}
+    score = sequence_signal(seq, signal, features)
+    return score, {signal.key: score}
+
+
+def confidence(signal: Confidence, seq: TokenLogprobs,
+               features: Mapping[str, float] | None = None) -> float:
+    """`confidence_and_values` without the values. Example: mean_logprob of [-1, -3] -> -2.0."""
+    return confidence_and_values(signal, seq, features)[0]

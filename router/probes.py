@@ -25,7 +25,7 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -277,11 +277,6 @@ async def run_probes(backend: Backend, request: GenerationRequest, gen: Generati
         values[names[probe]] = value
         costs[probe] = ProbeCost(pt, ct, time.perf_counter() - started)
     return values, costs
-
-
-def probe_values(values: Mapping[str, float], features: Sequence[str]) -> list[float]:
-    """`features` looked up in `values` (NaN for a missing one)."""
-    return [float(values.get(f, math.nan)) for f in features]
 
 
 def probe_settings(config: Any) -> ProbeSettings:

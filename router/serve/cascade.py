@@ -30,10 +30,10 @@ from router.backends.base import Backend, Generation, GenerationRequest, StreamD
 from router.config import Settings
 from router.decision import rank, scorable
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
-from router.learned import LearnedSignal, confidence
+from router.learned import LearnedSignal, confidence, confidence_and_values
 from router.policy import load_policy
 from router.probes import probe_settings, run_probes
-from router.scoring import TokenLogprobs, signal_vector
+from router.scoring import TokenLogprobs
 from router.serve.online import Decider, decider_for
 from router.serve.tier_call import Attempt, Received, StreamedAnswer, Tier, TierCall, WholeAnswer
 
@@ -171,8 +171,10 @@ class Cascade:
 
     def _score(self, tier: Tier, attempt: Attempt, lp: TokenLogprobs,
                features: Mapping[str, float] | None = None) -> float:
-        score = confidence(tier.signal, lp, features)
+        score, values = confidence_and_values(tier.signal, lp, features)
         attempt.score = score if scorable(score) else None
+        if isinstance(tier.signal, LearnedSignal):  # log what a learned rule decided on
+            attempt.features = {f: (v if math.isfinite(v) else None) for f, v in values.items()}
         if scorable(score):
             metrics.CONFIDENCE.labels(tier.name).observe(score)
         return score
@@ -209,12 +211,6 @@ class Cascade:
             return "truncated"
         features = await self._probe(call, got) if tier.probe_features else {}
         score = self._score(tier, attempt, got.logprobs, features)
-        if isinstance(tier.signal, LearnedSignal):
-            values = signal_vector(got.logprobs,
-                                   [s for s in tier.signal.token_specs if s is not None],
-                                   features)
-            attempt.features = {f: (values[f] if math.isfinite(values.get(f, math.nan))
-                                    else None) for f in tier.signal.features}
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
