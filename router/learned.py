@@ -19,7 +19,13 @@ signal:
   weights: [0.9, 0.4, 1.3]
   intercept: -0.2
   fitted: {model: smollm2-135m-instruct, scorer_version: "1.0", data: ..., n: 80, cv_auroc: 0.86}
+  text:                       # optional: words of the question and the answer
+    - {field: question, ngrams: 2, scale: 1.0, terms: {"what is": [1.69, -0.41], ...}}
 ```
+
+A `text` block adds its field's TF-IDF terms times their weights (router.text_features) to the
+log-odds; a rule with text blocks is scored with the question and the answer
+(`texts={"question": ..., "answer": ...}`). A missing field adds nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy.typing as npt
 from router.errors import PolicyError, ScoringError
 from router.probes import is_probe_feature
 from router.scoring import SignalSpec, TokenLogprobs, sequence_signal, signal_vector
+from router.text_features import ANSWER, TextBlock, Texts, text_block_from_dict
 
 LEARNED = "learned"
 
@@ -56,11 +63,15 @@ class LearnedSignal:
     weights: tuple[float, ...]
     intercept: float
     fitted: Mapping[str, Any] = field(default_factory=dict)
+    text: tuple[TextBlock, ...] = ()
 
     def __post_init__(self) -> None:
         d = len(self.features)
-        if d == 0:
-            raise PolicyError("a learned signal needs at least one feature")
+        if d == 0 and not self.text:
+            raise PolicyError("a learned signal needs at least one feature or text block")
+        fields = [b.field for b in self.text]
+        if len(set(fields)) != len(fields):
+            raise PolicyError("learned signal: one text block per field")
         for key in ("center", "scale", "weights"):
             vals = getattr(self, key)
             if len(vals) != d:
@@ -95,8 +106,21 @@ class LearnedSignal:
     def probe_features(self) -> tuple[str, ...]:
         return tuple(f for f in self.features if is_probe_feature(f))
 
-    def score_matrix(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """(n, d) feature rows in `features` order -> (n,) log-odds of a correct answer.
+    @property
+    def reads_answer_text(self) -> bool:
+        """True when a text block reads the answer: it is judged on the whole answer."""
+        return any(b.field == ANSWER for b in self.text)
+
+    def text_scores(self, texts: Texts | None) -> dict[str, float]:
+        """Each text block's share of the log-odds, keyed `text:FIELD` (0 for a missing
+        field). Example: no blocks -> {}."""
+        got = texts or {}
+        return {f"text:{b.field}": b.score(got.get(b.field, "")) for b in self.text}
+
+    def score_matrix(self, x: npt.ArrayLike,
+                     texts: Sequence[Texts] | None = None) -> npt.NDArray[np.float64]:
+        """(n, d) feature rows in `features` order (and, with text blocks, each row's texts)
+        -> (n,) log-odds of a correct answer.
 
         >>> s = LearnedSignal(("consistency", "truncated"), (0.5, 0.0), (0.25, 1.0),
         ...                   (2.0, -1.0), 0.5)
@@ -104,29 +128,49 @@ class LearnedSignal:
         [4.5, -2.5, 0.5]
         """
         m = np.asarray(x, dtype=np.float64)
+        out = self._dense(m)
+        if self.text:
+            if texts is None or len(texts) != m.shape[0]:
+                raise ScoringError("learned signal: its text blocks need each row's question "
+                                   "and answer")
+            out = out + np.array([sum(self.text_scores(t).values()) for t in texts])
+        return out
+
+    def _dense(self, m: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if m.ndim != 2 or m.shape[1] != len(self.features):
             raise ScoringError(f"learned signal: expected (n, {len(self.features)}) features, "
                                f"got {m.shape}")
-        z = (m - np.asarray(self.center)) / np.asarray(self.scale)
+        with np.errstate(invalid="ignore"):
+            z = (m - np.asarray(self.center)) / np.asarray(self.scale)
         z = np.where(np.isfinite(z), z, 0.0)  # a missing feature sits at its training mean
         return np.asarray(z @ np.asarray(self.weights) + self.intercept, dtype=np.float64)
 
-    def score(self, values: Mapping[str, float]) -> float:
-        """One request's log-odds from a `name -> value` mapping (missing names are NaN)."""
-        row = [[float(values.get(f, math.nan)) for f in self.features]]
-        return float(self.score_matrix(row)[0])
+    def score_parts(self, values: Mapping[str, float], texts: Texts | None = None
+                    ) -> tuple[float, dict[str, float]]:
+        """One request's log-odds from a `name -> value` mapping (missing names are NaN) and,
+        with text blocks, its question and answer; and each text block's share of it."""
+        row = np.array([[float(values.get(f, math.nan)) for f in self.features]])
+        shares = self.text_scores(texts)
+        return float(self._dense(row)[0]) + sum(shares.values()), shares
+
+    def score(self, values: Mapping[str, float], texts: Texts | None = None) -> float:
+        """`score_parts` without the shares."""
+        return self.score_parts(values, texts)[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": LEARNED, "features": list(self.features),
-                "center": [float(v) for v in self.center],
-                "scale": [float(v) for v in self.scale],
-                "weights": [float(v) for v in self.weights],
-                "intercept": float(self.intercept), "fitted": dict(self.fitted)}
+        out = {"name": LEARNED, "features": list(self.features),
+               "center": [float(v) for v in self.center],
+               "scale": [float(v) for v in self.scale],
+               "weights": [float(v) for v in self.weights],
+               "intercept": float(self.intercept), "fitted": dict(self.fitted)}
+        if self.text:
+            out["text"] = [b.to_dict() for b in self.text]
+        return out
 
 
 def learned_from_dict(raw: Mapping[str, Any], where: str) -> LearnedSignal:
     """A policy file's `signal: {name: learned, ...}` mapping -> LearnedSignal."""
-    allowed = {"name", "features", "center", "scale", "weights", "intercept", "fitted"}
+    allowed = {"name", "features", "center", "scale", "weights", "intercept", "fitted", "text"}
     extra = set(raw) - allowed
     if extra:
         raise PolicyError(f"{where}: signal.{sorted(extra)[0]} is not a key of a learned "
@@ -151,9 +195,14 @@ def learned_from_dict(raw: Mapping[str, Any], where: str) -> LearnedSignal:
     fitted = raw.get("fitted") or {}
     if not isinstance(fitted, Mapping):
         raise PolicyError(f"{where}: signal.fitted must be a mapping")
+    text = raw.get("text") or []
+    if not isinstance(text, list):
+        raise PolicyError(f"{where}: signal.text must be a list of text blocks")
+    blocks = tuple(text_block_from_dict(b, f"{where}: signal.text[{i}]")
+                   for i, b in enumerate(text))
     try:
         return LearnedSignal(tuple(feats), numbers("center"), numbers("scale"),
-                             numbers("weights"), float(intercept), dict(fitted))
+                             numbers("weights"), float(intercept), dict(fitted), blocks)
     except PolicyError as exc:
         raise PolicyError(f"{where}: {exc.message}") from None
 
@@ -183,10 +232,11 @@ Confidence = SignalSpec | LearnedSignal
 
 
 def confidence_and_values(signal: Confidence, seq: TokenLogprobs,
-                          features: Mapping[str, float] | None = None
-                          ) -> tuple[float, dict[str, float]]:
+                          features: Mapping[str, float] | None = None,
+                          texts: Texts | None = None) -> tuple[float, dict[str, float]]:
     """One answer's confidence under a policy's signal, and the named values it came from: a
-    scorer signal of its token logprobs (or a probe feature), or a learned rule over both.
+    scorer signal of its token logprobs (or a probe feature), or a learned rule over both (and
+    over the words of the question and answer, `texts`; their shares are `text:FIELD`).
     Serve, eval and calibrate all score through this.
 
     Example: mean_logprob of logprobs [-1, -3] -> (-2.0, {"mean_logprob": -2.0}).
@@ -195,12 +245,14 @@ def confidence_and_values(signal: Confidence, seq: TokenLogprobs,
         specs = [s for s in signal.token_specs if s is not None]
         values = signal_vector(seq, specs, {k: v for k, v in (features or {}).items()
                                             if k in signal.features})
-        return signal.score(values), {f: values.get(f, math.nan) for f in signal.features}
+        score, shares = signal.score_parts(values, texts)
+        return score, {**{f: values.get(f, math.nan) for f in signal.features}, **shares}
     score = sequence_signal(seq, signal, features)
     return score, {signal.key: score}
 
 
 def confidence(signal: Confidence, seq: TokenLogprobs,
-               features: Mapping[str, float] | None = None) -> float:
+               features: Mapping[str, float] | None = None,
+               texts: Texts | None = None) -> float:
     """`confidence_and_values` without the values. Example: mean_logprob of [-1, -3] -> -2.0."""
-    return confidence_and_values(signal, seq, features)[0]
+    return confidence_and_values(signal, seq, features, texts)[0]

@@ -7,6 +7,11 @@ and `router eval --cv` fit; `serve` applies the weights with numpy, router.learn
     fit.cv_auroc        -> AUROC of out-of-fold scores (each row scored by a model that never
                            saw it), the figure to trust
     out_of_fold(x, correct, features, folds=5) -> (n,) such scores, for `router eval --cv`
+
+With `text=TextFit(("question", "answer"))` and each row's `texts`, the words of the question
+and the answer join the features (router.text_features): one logistic regression over the
+standardised features and `scale` times each field's TF-IDF terms, whose vocabulary and idf are
+learned from the training rows only (per fold, too).
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from router.errors import InputError
 from router.evaluate.metrics_math import auroc
 from router.learned import LearnedSignal
 from router.probes import ANSWER_TOKENS, CONSISTENCY, PROMPT_FAMILIARITY, TRUNCATED, VERIFY
+from router.text_features import (
+    DEFAULT_NGRAMS,
+    DEFAULT_TEXT_SCALE,
+    TEXT_FIELDS,
+    TextBlock,
+    Texts,
+    document_frequencies,
+    tfidf_matrix,
+)
 
 #: the default feature vector: quantiles of the token logprobs (Gupta et al.), the other token
 #: signals, and every probe
@@ -34,6 +48,38 @@ DEFAULT_C = 0.1
 DEFAULT_FOLDS = 5
 
 Matrix = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TextFit:
+    """Which text fields a rule learns term weights for, and how (router.text_features)."""
+
+    fields: tuple[str, ...] = ()
+    ngrams: int = DEFAULT_NGRAMS
+    scale: float = DEFAULT_TEXT_SCALE
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.fields if f not in TEXT_FIELDS]
+        if bad:
+            raise InputError(f"text field {bad[0]!r} is not one of {', '.join(TEXT_FIELDS)}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"fields": list(self.fields), "ngrams": self.ngrams, "scale": self.scale}
+
+
+NO_TEXT = TextFit()
+#: the words of the question and of the answer, and the C that suits a rule with them (chosen
+#: by 5-fold cross-validation on the built-in set; see bench/RESULTS.md)
+DEFAULT_TEXT_FIT = TextFit(TEXT_FIELDS)
+DEFAULT_TEXT_C = 1.0
+
+
+def text_fit_of(signal: LearnedSignal) -> TextFit:
+    """How a fitted rule's text blocks were made (to refit it the same way)."""
+    if not signal.text:
+        return NO_TEXT
+    b = signal.text[0]
+    return TextFit(tuple(t.field for t in signal.text), b.ngrams, b.scale)
 
 
 @dataclass(frozen=True)
@@ -69,21 +115,60 @@ def _standardise(x: Matrix, center: npt.NDArray[np.float64],
     return np.where(np.isfinite(z), z, 0.0)
 
 
-def _fit_weights(x: Matrix, y: npt.NDArray[np.bool_], c: float
-                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], Matrix, float]:
+@dataclass(frozen=True)
+class _Fitted:
+    center: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+    weights: npt.NDArray[np.float64]
+    intercept: float
+    text: tuple[TextBlock, ...]
+
+    def score(self, x: Matrix, texts: Sequence[Texts] | None) -> npt.NDArray[np.float64]:
+        out = _standardise(x, self.center, self.scale) @ self.weights + self.intercept
+        if self.text:
+            assert texts is not None
+            out = out + np.array([sum(b.score(t.get(b.field, "")) for b in self.text)
+                                  for t in texts])
+        return np.asarray(out, dtype=np.float64)
+
+
+def _fit_weights(x: Matrix, y: npt.NDArray[np.bool_], c: float,
+                 texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT) -> _Fitted:
     from sklearn.linear_model import LogisticRegression
 
     center, scale = standardisation(x)
-    z = _standardise(x, center, scale)
+    blocks = [_standardise(x, center, scale)]
+    vocabs: list[tuple[str, list[str], dict[str, float]]] = []
+    for f in text.fields:
+        assert texts is not None
+        column = [t.get(f, "") for t in texts]
+        idf, _ = document_frequencies(column, text.ngrams)
+        vocab = sorted(idf)
+        blocks.append(text.scale * tfidf_matrix(column, vocab, idf, text.ngrams))
+        vocabs.append((f, vocab, idf))
     model = LogisticRegression(C=c, max_iter=5000)
-    model.fit(z, y.astype(int))
-    return center, scale, np.asarray(model.coef_[0], np.float64), float(model.intercept_[0])
+    model.fit(np.hstack(blocks), y.astype(int))
+    coef = np.asarray(model.coef_[0], np.float64)
+    d = x.shape[1]
+    fitted_blocks = []
+    at = d
+    for f, vocab, idf in vocabs:
+        w = coef[at:at + len(vocab)]
+        at += len(vocab)
+        fitted_blocks.append(TextBlock(f, text.ngrams, text.scale, idf,
+                                       {t: float(v) for t, v in zip(vocab, w, strict=True)}))
+    return _Fitted(center, scale, coef[:d], float(model.intercept_[0]), tuple(fitted_blocks))
 
 
-def _check(x: Matrix, y: npt.NDArray[np.bool_], features: Sequence[str], folds: int) -> None:
+def _check(x: Matrix, y: npt.NDArray[np.bool_], features: Sequence[str], folds: int,
+           texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT) -> None:
     if x.ndim != 2 or x.shape[1] != len(features) or x.shape[0] != y.shape[0]:
         raise InputError(f"learned rule: {x.shape} features for {y.shape[0]} labels and "
                          f"{len(features)} feature names")
+    if text.fields and (texts is None or len(texts) != y.shape[0]):
+        raise InputError("learned rule: text fields need each row's question and answer")
+    if not features and not text.fields:
+        raise InputError("learned rule: no features and no text fields to learn from")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if min(n_pos, n_neg) < max(folds, 2):
         raise InputError(f"learned rule: needs at least {max(folds, 2)} correct and as many "
@@ -91,37 +176,48 @@ def _check(x: Matrix, y: npt.NDArray[np.bool_], features: Sequence[str], folds: 
                          f"and {n_neg} wrong")
 
 
+def _rows(texts: Sequence[Texts] | None, idx: npt.NDArray[np.intp]) -> list[Texts] | None:
+    return None if texts is None else [texts[i] for i in idx]
+
+
 def out_of_fold(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
-                c: float = DEFAULT_C, folds: int = DEFAULT_FOLDS, seed: int = 0
+                c: float = DEFAULT_C, folds: int = DEFAULT_FOLDS, seed: int = 0,
+                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT
                 ) -> npt.NDArray[np.float64]:
-    """(n,) log-odds where row i is scored by a rule fitted on the other folds (stratified)."""
+    """(n,) log-odds where row i is scored by a rule fitted on the other folds (stratified;
+    text vocabularies too are learned from the other folds only)."""
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(correct, dtype=bool)
-    _check(x, y, features, folds)
+    _check(x, y, features, folds, texts, text)
     scores = np.full(len(y), np.nan)
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        center, scale, w, b = _fit_weights(x[train], y[train], c)
-        scores[test] = _standardise(x[test], center, scale) @ w + b
+        fit = _fit_weights(x[train], y[train], c, _rows(texts, train), text)
+        scores[test] = fit.score(x[test], _rows(texts, test))
     return scores
 
 
 def fit_learned(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
                 c: float = DEFAULT_C, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                meta: Mapping[str, Any] | None = None) -> LearnFit:
+                meta: Mapping[str, Any] | None = None,
+                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT) -> LearnFit:
     """The rule fitted on every row, with its cross-validated AUROC in `fitted`."""
     y = np.asarray(correct, dtype=bool)
-    _check(x, y, features, folds)
-    cv = out_of_fold(x, y, features, c=c, folds=folds, seed=seed)
-    center, scale, w, b = _fit_weights(x, y, c)
+    _check(x, y, features, folds, texts, text)
+    cv = out_of_fold(x, y, features, c=c, folds=folds, seed=seed, texts=texts, text=text)
+    fit = _fit_weights(x, y, c, texts, text)
     cv_auc = auroc(cv, y.astype(np.float64))
-    train = _standardise(x, center, scale) @ w + b
+    train = fit.score(x, texts)
     fitted = {**(meta or {}), "n": len(y), "n_correct": int(y.sum()),
               "method": "logistic_regression_l2", "C": c, "folds": folds,
               "cv_auroc": round(float(cv_auc), 6),
               "train_auroc": round(float(auroc(train, y.astype(np.float64))), 6)}
-    signal = LearnedSignal(tuple(features), tuple(float(v) for v in center),
-                           tuple(float(v) for v in scale), tuple(float(v) for v in w), b, fitted)
+    if text.fields:
+        fitted["text"] = text.describe()
+    signal = LearnedSignal(tuple(features), tuple(float(v) for v in fit.center),
+                           tuple(float(v) for v in fit.scale),
+                           tuple(float(v) for v in fit.weights), fit.intercept, fitted,
+                           fit.text)
     return LearnFit(signal, float(cv_auc), cv, float(fitted["train_auroc"]))
 
 

@@ -8,7 +8,8 @@ import importlib
 
 import pytest
 
-MODULES = ("router.probes", "router.learned", "router.learned_fit", "tests.harness.pairing")
+MODULES = ("router.probes", "router.learned", "router.learned_fit", "router.text_features",
+           "tests.harness.pairing")
 
 
 @pytest.mark.parametrize("name", MODULES)

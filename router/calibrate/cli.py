@@ -67,6 +67,14 @@ def add_parser(subparsers: Any) -> None:
                        help="inverse L2 regularisation strength (default 0.1)")
     learn.add_argument("--folds", type=int, default=None,
                        help="cross-validation folds for the reported AUROC (default 5)")
+    learn.add_argument("--text", default="none",
+                       help="words the rule learns from as well: question, answer, "
+                            "question,answer or none (default none; with text, --C defaults "
+                            "to 1.0). Needs the question and answer of every row: --recorded, "
+                            "--prompts, or a log written with decision_log.include_prompt")
+    learn.add_argument("--text-scale", type=float, default=None,
+                       help="weight of the text terms against the standardised features "
+                            "(default 1.0)")
     p.add_argument("--config", type=Path, default=None,
                    help="config file (default: the repo's config.yaml)")
     p.set_defaults(func=calibrate_main)
@@ -193,23 +201,40 @@ def _head(scored: Any, n: int) -> Any:
 def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | None) -> int:
     """Fit a learned rule on labelled tier-0 answers, then its threshold."""
     from router.calibrate.sources import learning_rows
-    from router.learned_fit import DEFAULT_C, DEFAULT_FEATURES, DEFAULT_FOLDS, fit_learned
+    from router.learned_fit import (
+        DEFAULT_C,
+        DEFAULT_FEATURES,
+        DEFAULT_FOLDS,
+        DEFAULT_TEXT_C,
+        TextFit,
+        fit_learned,
+    )
     from router.policy import Policy, ThresholdRule, now_iso, save_policy
     from router.scoring import SCORER_VERSION
+    from router.text_features import DEFAULT_TEXT_SCALE
 
     features = (tuple(f.strip() for f in args.features.split(",") if f.strip())
                 if args.features else DEFAULT_FEATURES)
     folds = args.folds or DEFAULT_FOLDS
-    c = args.reg_c or DEFAULT_C
+    fields = () if args.text.strip() in ("", "none") else tuple(
+        f.strip() for f in args.text.split(",") if f.strip())
+    scale = DEFAULT_TEXT_SCALE if args.text_scale is None else args.text_scale
+    if scale <= 0:
+        raise InputError(f"--text-scale must be positive, got {scale}")
+    text = TextFit(fields, scale=scale)
+    c = args.reg_c or (DEFAULT_TEXT_C if fields else DEFAULT_C)
     if folds < 2:
         raise InputError(f"--folds must be at least 2, got {folds}")
     if c <= 0:
         raise InputError(f"--C must be positive, got {c}")
-    rows = learning_rows(args, labels, features, log=_log)
+    rows = learning_rows(args, labels, features, log=_log, texts=bool(fields))
     meta = {"model": rows.model, "tier": rows.tier, "scorer_version": SCORER_VERSION,
             "data": rows.data}
-    fit = fit_learned(rows.x, rows.correct, rows.features, c=c, folds=folds, meta=meta)
-    scores = fit.signal.score_matrix(rows.x)
+    fit = fit_learned(rows.x, rows.correct, rows.features, c=c, folds=folds, meta=meta,
+                      texts=rows.texts, text=text)
+    # the threshold is fitted on out-of-fold scores: what the rule gives answers it has not
+    # seen (in-sample scores of a rule with text terms are overconfident)
+    scores = fit.cv_scores
     calib: dict[str, Any] = {"data": rows.data, "n": len(rows.correct), "model": rows.model,
                              "tier": rows.tier, "signal": "learned",
                              "scorer_version": SCORER_VERSION, "fitted_at": now_iso(),
@@ -222,15 +247,22 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
     policy = Policy(name=name, signal=fit.signal,
                     rule=ThresholdRule(escalate_below=tfit.threshold), calibration=calib)
     save_policy(policy, args.policy_out)
-    print(f"learned a rule over {len(rows.features)} features of {rows.model} on "
+    words = f" and the words of the {' and the '.join(fields)}" if fields else ""
+    print(f"learned a rule over {len(rows.features)} features{words} of {rows.model} on "
           f"{len(rows.correct)} labelled answers ({rows.data}; {int(rows.correct.sum())} "
           "correct)")
     print(f"  cross-validated AUROC ({folds} folds): {fit.cv_auroc:.3f}  "
           f"(in-sample {fit.train_auroc:.3f})")
     top = sorted(zip(rows.features, fit.signal.weights, strict=True), key=lambda fw: -abs(fw[1]))
     print("  weights (standardised): " + ", ".join(f"{f} {w:+.2f}" for f, w in top))
-    print(f"  threshold: escalate_below {tfit.threshold:.6g} (log-odds of a correct answer); "
-          f"escalation on this data: {tfit.escalation_rate:.3f}")
+    for block in fit.signal.text:
+        ranked = sorted(block.weights.items(), key=lambda tw: tw[1])
+        print(f"  {block.field} terms: most wrong " + ", ".join(
+            f"{t!r} {w:+.2f}" for t, w in ranked[:4]) + "; most right " + ", ".join(
+            f"{t!r} {w:+.2f}" for t, w in ranked[::-1][:4]))
+    print(f"  threshold: escalate_below {tfit.threshold:.6g} (log-odds of a correct answer, "
+          f"fitted on the out-of-fold scores); escalation on this data: "
+          f"{tfit.escalation_rate:.3f}")
     print(f"  policy written to {args.policy_out}")
     return 0
 

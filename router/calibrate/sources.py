@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ class LearningRows:
     tier: str
     data: str
     max_tokens: int | None = None
+    texts: list[dict[str, str]] | None = None  # each row's question and answer, when known
 
 
 def rows_from_outputs(outputs: Sequence[TierOutput], features: Sequence[str], *, data: str,
@@ -163,23 +164,30 @@ def rows_from_outputs(outputs: Sequence[TierOutput], features: Sequence[str], *,
 
 def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
                   features: Sequence[str], *,
-                  log: Callable[[str], None] = lambda _m: None) -> LearningRows:
+                  log: Callable[[str], None] = lambda _m: None,
+                  texts: bool = False) -> LearningRows:
     """The labelled rows of `router calibrate --learn`: from --recorded (router eval's
     outputs.jsonl), from --prompts (tier 0 answers them now, probes included), or from a
-    decision log whose tier-0 attempts carry their features (with --labels)."""
+    decision log whose tier-0 attempts carry their features (with --labels). With `texts`,
+    each row's question and answer too."""
     import asyncio
     import os
 
     from router.evaluate.data import load_items, load_recorded
     from router.evaluate.run import answer_all
-    from router.probes import needed_probes, probe_settings
+    from router.probes import needed_probes, probe_settings, question_of
+    from router.text_features import texts_of
 
     if args.recorded is not None:
         records = load_recorded(args.recorded)[: args.limit]
         outs = [_relabel(r.outputs[0], r.item.id, labels) for r in records]
-        return rows_from_outputs(outs, features, data=str(args.recorded))
+        rows = rows_from_outputs(outs, features, data=str(args.recorded))
+        if texts:
+            rows = replace(rows, texts=[texts_of(question_of(request_for(r.item, 1)), o.text)
+                                        for r, o in zip(records, outs, strict=True)])
+        return rows
     if args.log is not None:
-        return rows_from_log(args.log, labels, features, limit=args.limit)
+        return rows_from_log(args.log, labels, features, limit=args.limit, texts=texts)
     from router.backends import build_backend
     from router.config import load_settings
     from router.evalset import DEFAULT_SIZE, generate
@@ -212,13 +220,15 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
     outs = asyncio.run(run())
     if labels is not None:
         outs = [_relabel(o, it.id, labels) for o, it in zip(outs, items, strict=True)]
-    return rows_from_outputs(outs, features, data=data, max_tokens=max_tokens)
+    rows = rows_from_outputs(outs, features, data=data, max_tokens=max_tokens)
+    if texts:
+        rows = replace(rows, texts=[texts_of(question_of(request_for(it, 1)), o.text)
+                                    for it, o in zip(items, outs, strict=True)])
+    return rows
 
 
 def _relabel(out: TierOutput, rid: str, labels: dict[str, tuple[bool, str]] | None
              ) -> TierOutput:
-    from dataclasses import replace
-
     if labels is None:
         return out
     if rid not in labels:
@@ -227,14 +237,17 @@ def _relabel(out: TierOutput, rid: str, labels: dict[str, tuple[bool, str]] | No
 
 
 def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
-                  features: Sequence[str], *, limit: int | None = None) -> LearningRows:
+                  features: Sequence[str], *, limit: int | None = None,
+                  texts: bool = False) -> LearningRows:
     """Tier-0 attempts of a decision log that carry `features` (serve logs them for every
     judged answer), labelled by --labels (by request id) or by the shadow sample's agreement
-    with the top tier (`shadow.agree`) where the request was shadow-sampled."""
+    with the top tier (`shadow.agree`) where the request was shadow-sampled. With `texts`, each
+    row's question and answer, which serve logs only with `decision_log.include_prompt`."""
     from router.learned_fit import usable_features
 
     rows: list[dict[str, float]] = []
     correct: list[bool] = []
+    row_texts: list[dict[str, str]] = []
     model = tier = None
     records = list(read_jsonl(path))
     shadow = {str(r.get("id")): r["shadow"] for _, r in records
@@ -258,6 +271,13 @@ def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
             label = bool(shadow[rid]["agree"])
         if label is None:
             continue
+        if texts:
+            question, answer = rec.get("question"), att.get("text")
+            if not isinstance(question, str) or not isinstance(answer, str):
+                raise InputError(f"{w}: --text needs each request's question and tier-0 "
+                                 "answer, which serve logs only with "
+                                 "decision_log.include_prompt: true")
+            row_texts.append({"question": question, "answer": answer})
         rows.append({str(k): (math.nan if v is None else float(v))
                      for k, v in att["features"].items()})
         correct.append(label)
@@ -276,4 +296,4 @@ def rows_from_log(path: Path, labels: dict[str, tuple[bool, str]] | None,
         raise InputError(f"{path}: none of the features {', '.join(features)} was logged")
     return LearningRows(x=np.stack([cols[f] for f in used], axis=1),
                         correct=np.array(correct, dtype=bool), features=used, model=model,
-                        tier=tier, data=str(path))
+                        tier=tier, data=str(path), texts=row_texts if texts else None)

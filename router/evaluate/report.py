@@ -15,11 +15,21 @@ import numpy as np
 
 from router.evaluate import metrics_math as mm
 from router.evaluate.data import Recorded
+from router.evaluate.run import request_for
 from router.learned import LearnedSignal, feature_matrix, feature_spec
-from router.learned_fit import DEFAULT_C, DEFAULT_FEATURES
+from router.learned_fit import (
+    DEFAULT_C,
+    DEFAULT_FEATURES,
+    DEFAULT_TEXT_C,
+    DEFAULT_TEXT_FIT,
+    NO_TEXT,
+    TextFit,
+    text_fit_of,
+)
 from router.policy import Policy
-from router.probes import PROBE_FEATURES, needed_probes
+from router.probes import PROBE_FEATURES, needed_probes, question_of
 from router.scoring import DEFAULT_SIGNALS, SCORER_VERSION, SignalSpec, score_sequences
+from router.text_features import texts_of
 
 EVAL_SIGNALS: tuple[SignalSpec, ...] = (
     *DEFAULT_SIGNALS,
@@ -66,6 +76,13 @@ def feature_cost(features: Sequence[str], costs: Mapping[str, tuple[float, float
     return (sum(t for t, _ in spent), sum(s for _, s in spent))
 
 
+def record_texts(records: Sequence[Recorded], tier: int = 0) -> list[dict[str, str]]:
+    """Each record's question (as `serve` reads it from the request) and the tier's answer:
+    what a learned rule's text blocks read."""
+    return [texts_of(question_of(request_for(r.item, 1)), r.outputs[tier].text)
+            for r in records]
+
+
 def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) -> np.ndarray:
     """The policy's own confidence of every recorded answer (as `serve` computes it)."""
     sig = policy.signal
@@ -73,24 +90,27 @@ def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) ->
         specs = [s for s in sig.token_specs if s is not None]
         cols = signal_values(records, specs, tier=tier) if specs else {}
         x = feature_matrix(cols, [r.outputs[tier].features for r in records], sig.features)
-        return sig.score_matrix(x)
+        return sig.score_matrix(x, record_texts(records, tier) if sig.text else None)
     return signal_values(records, [sig], tier=tier)[sig.key]
 
 
 def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
-                      features: Sequence[str] = DEFAULT_FEATURES, c: float | None = None
-                      ) -> tuple[np.ndarray, list[str]]:
+                      features: Sequence[str] = DEFAULT_FEATURES, c: float | None = None,
+                      text: TextFit = NO_TEXT) -> tuple[np.ndarray, list[str]]:
     """Out-of-fold scores of a learned rule fitted on this recording (k-fold, stratified)."""
     from router.learned_fit import out_of_fold, usable_features
 
     specs = [s for s in (feature_spec(f) for f in features) if s is not None]
-    cols = signal_values(records, specs, tier=tier)
+    cols = signal_values(records, specs, tier=tier) if specs else {}
     feats = [r.outputs[tier].features for r in records]
     x = feature_matrix(cols, feats, features)
     used = usable_features(x, features)
     x = feature_matrix(cols, feats, used)
     y = np.array([r.outputs[tier].correct for r in records], dtype=bool)
-    return out_of_fold(x, y, used, folds=folds, c=DEFAULT_C if c is None else c), used
+    texts = record_texts(records, tier) if text.fields else None
+    scores = out_of_fold(x, y, used, folds=folds, c=DEFAULT_C if c is None else c,
+                         texts=texts, text=text)
+    return scores, [*used, *(f"text:{f}" for f in text.fields)]
 
 
 def _points(curve: np.ndarray, cost: np.ndarray, rates: Sequence[float], p_small: float,
@@ -172,11 +192,15 @@ def _pair(records: Sequence[Recorded], lo: int, hi: int, *, specs: Sequence[Sign
         if cv_folds and isinstance(sig, LearnedSignal):  # its features and C, refit per fold
             c = sig.fitted.get("C")
             cv, used = learned_cv_scores(records, lo, cv_folds, sig.features,
-                                         float(c) if isinstance(c, int | float) else None)
+                                         float(c) if isinstance(c, int | float) else None,
+                                         text_fit_of(sig))
             columns[f"policy:{policy.name}:cv{cv_folds}"] = (cv, used)
     if cv_folds:
         cv, used = learned_cv_scores(records, lo, cv_folds)
         columns[f"learned_cv{cv_folds}"] = (cv, used)
+        cv, used = learned_cv_scores(records, lo, cv_folds, c=DEFAULT_TEXT_C,
+                                     text=DEFAULT_TEXT_FIT)
+        columns[f"learned_text_cv{cv_folds}"] = (cv, used)
 
     signals: dict[str, Any] = {}
     for key, (scores, used_features) in columns.items():

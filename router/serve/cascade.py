@@ -36,6 +36,7 @@ from router.probes import probe_settings, run_probes
 from router.scoring import TokenLogprobs
 from router.serve.online import Decider, decider_for
 from router.serve.tier_call import Attempt, Received, StreamedAnswer, Tier, TierCall, WholeAnswer
+from router.text_features import Texts, texts_of
 
 log = logging.getLogger("router.serve")
 
@@ -170,8 +171,9 @@ class Cascade:
             out.confidence = attempt.score
 
     def _score(self, tier: Tier, attempt: Attempt, lp: TokenLogprobs,
-               features: Mapping[str, float] | None = None) -> float:
-        score, values = confidence_and_values(tier.signal, lp, features)
+               features: Mapping[str, float] | None = None,
+               texts: Texts | None = None) -> float:
+        score, values = confidence_and_values(tier.signal, lp, features, texts)
         attempt.score = score if scorable(score) else None
         if isinstance(tier.signal, LearnedSignal):  # log what a learned rule decided on
             attempt.features = {f: (v if math.isfinite(v) else None) for f, v in values.items()}
@@ -210,7 +212,9 @@ class Cascade:
             attempt.threshold = tier.decider.threshold
             return "truncated"
         features = await self._probe(call, got) if tier.probe_features else {}
-        score = self._score(tier, attempt, got.logprobs, features)
+        attempt.text = got.text if got.text is not None else call.text_so_far
+        score = self._score(tier, attempt, got.logprobs, features,
+                            texts_of(call.question, attempt.text))
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
@@ -224,7 +228,8 @@ class Cascade:
             lp = call.logprobs
             self._account(call, usage, len(lp))
             if call.attempt.outcome == "answered":
-                score = self._score(call.tier, call.attempt, lp)
+                score = self._score(call.tier, call.attempt, lp,
+                                    texts=texts_of(call.question, call.text_so_far))
                 if not out.escalated:
                     out.confidence = score
         if usage is not None:

@@ -2,9 +2,10 @@
 
 Each line: time, id, endpoint, requested model, final tier and model, escalated/degraded, the
 first escalation reason, signal and confidence, every tier tried (score, threshold, decision,
-latency, tokens, cost), total latency, usage, cost and counterfactual top-tier cost, and the
-prompt (only when `include_prompt`) or its SHA-256, and the worker that served it (`router serve
---workers N`). It is the input of calibration and eval.
+latency, tokens, cost), total latency, usage, cost and counterfactual top-tier cost, the worker
+that served it (`router serve --workers N`), and either the prompt's SHA-256 or, only with
+`include_prompt`, the prompt itself, the question and each judged answer's text (what
+`router calibrate --learn --text` needs). It is the input of calibration and eval.
 
 N workers append to one file: the file is opened with O_APPEND and every batch of whole lines is
 one `write(2)`, which the kernel appends atomically (the offset update and the copy happen under
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 
 from router.serve.cascade import Outcome
+from router.serve.tier_call import Attempt
 
 log = logging.getLogger("router.serve")
 
@@ -33,7 +35,7 @@ log = logging.getLogger("router.serve")
 def record_for(outcome: Outcome, *, rid: str, endpoint: str, requested_model: str,
                stream: bool, latency_s: float, prompt: str, include_prompt: bool,
                status: int = 200, prompt_tokens: int = 0,
-               completion_tokens: int = 0) -> dict[str, Any]:
+               completion_tokens: int = 0, question: str = "") -> dict[str, Any]:
     rec: dict[str, Any] = {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "id": rid, "endpoint": endpoint, "requested_model": requested_model, "stream": stream,
@@ -41,7 +43,7 @@ def record_for(outcome: Outcome, *, rid: str, endpoint: str, requested_model: st
         "escalated": outcome.escalated, "degraded": outcome.degraded, "reason": outcome.reason,
         "decision": "escalated" if outcome.escalated else "accepted",
         "signal": outcome.signal, "confidence": outcome.confidence,
-        "tiers": [asdict(a) for a in outcome.attempts],
+        "tiers": [_attempt(a, include_prompt) for a in outcome.attempts],
         "latency_s": round(latency_s, 6),
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
         "cost_usd": outcome.cost_usd,
@@ -49,9 +51,17 @@ def record_for(outcome: Outcome, *, rid: str, endpoint: str, requested_model: st
     }
     if include_prompt:
         rec["prompt"] = prompt
+        rec["question"] = question  # what a learned rule's text terms read (calibrate --text)
     else:
         rec["prompt_sha256"] = hashlib.sha256(prompt.encode()).hexdigest()
     return rec
+
+
+def _attempt(attempt: Attempt, include_text: bool) -> dict[str, Any]:
+    out = asdict(attempt)
+    if not include_text or out.get("text") is None:
+        out.pop("text", None)
+    return out
 
 
 class DecisionLog:

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from router.backends.base import GenerationRequest, StreamDelta, Usage
 from router.errors import RouterError, UpstreamTimeout
+from router.probes import question_of
 from router.serve import openai_format as fmt
 from router.serve.cascade import Outcome
 from router.serve.decision_log import record_for
@@ -25,7 +26,7 @@ log = logging.getLogger("router.serve")
 
 def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model: str,
          stream: bool, started: float, prompt: str, usage: Usage | None,
-         status: int = 200) -> None:
+         status: int = 200, request: GenerationRequest | None = None) -> None:
     if state.decision_log is None:
         return
     state.decision_log.write(record_for(
@@ -33,7 +34,8 @@ def _log(state: ServeState, outcome: Outcome, *, rid: str, endpoint: str, model:
         latency_s=time.perf_counter() - started, prompt=prompt,
         include_prompt=state.decision_log.include_prompt, status=status,
         prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0))
+        completion_tokens=usage.completion_tokens if usage else 0,
+        question=question_of(request) if request is not None else ""))
 
 
 def _shadow(state: ServeState, outcome: Outcome, *, direct: bool, request: GenerationRequest,
@@ -78,7 +80,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
         payload = build(rid=rid, model=out.tier.model, text=gen.text, finish=gen.finish_reason,
                      usage=gen.usage, logprobs=lp)
         _log(state, out, rid=rid, endpoint=endpoint, model=model, stream=False,
-             started=started, prompt=prompt, usage=gen.usage)
+             started=started, prompt=prompt, usage=gen.usage, request=request)
         _shadow(state, out, direct=direct is not None, request=request, prompt=prompt, rid=rid,
                 answer=gen.text)
         return Response(orjson.dumps(payload), media_type="application/json",
@@ -134,7 +136,8 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
         finally:
             await events.aclose()
             _log(state, outcome, rid=rid, endpoint=endpoint, model=model, stream=True,
-                 started=started, prompt=prompt, usage=usage, status=status)
+                 started=started, prompt=prompt, usage=usage, status=status,
+                 request=request)
         yield fmt.SSE_DONE
 
     headers = {**outcome.headers(), "cache-control": "no-cache"}

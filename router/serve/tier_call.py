@@ -23,9 +23,10 @@ from router.backends.base import Backend, Generation, GenerationRequest, StreamD
 from router.config import CascadeConfig, TierConfig
 from router.decision import early_escalates
 from router.learned import Confidence, LearnedSignal, confidence
-from router.probes import ProbeSettings, is_probe_feature
+from router.probes import ProbeSettings, is_probe_feature, question_of
 from router.scoring import TokenLogprobs
 from router.serve.online import Decider
+from router.text_features import QUESTION
 
 
 @dataclass
@@ -52,10 +53,20 @@ class Tier:
         token logprobs of the answer are enough."""
         return tuple(f for f in self.features if is_probe_feature(f))
 
-    def running_confidence(self, lp: TokenLogprobs) -> float:
+    @property
+    def judges_whole_answer(self) -> bool:
+        """True when its confidence needs the whole answer: probes, or a learned rule that
+        reads the answer's words. A stream is then buffered to its end before it is judged."""
+        sig = self.signal
+        return bool(self.probe_features) or (isinstance(sig, LearnedSignal)
+                                             and sig.reads_answer_text)
+
+    def running_confidence(self, lp: TokenLogprobs, question: str = "") -> float:
         """The confidence of a stream's first tokens, for early escalation; NaN (wait for the
-        buffer to be judged) when the confidence needs probes."""
-        return math.nan if self.probe_features else confidence(self.signal, lp)
+        buffer to be judged) when the confidence needs the whole answer."""
+        if self.judges_whole_answer:
+            return math.nan
+        return confidence(self.signal, lp, texts={QUESTION: question})
 
     @property
     def model(self) -> str:
@@ -80,6 +91,7 @@ class Attempt:
     probe_tokens: int = 0  # extra tokens this tier spent on confidence probes (in cost_usd)
     probe_latency_s: float = 0.0
     features: dict[str, float | None] | None = None  # the values its confidence came from
+    text: str | None = None  # the answer it judged (logged only with include_prompt)
 
 
 def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
@@ -171,6 +183,11 @@ class TierCall(ABC):
         """The answer's text received so far."""
         return ""
 
+    @property
+    def question(self) -> str:
+        """What the request asks (the last user message): a learned rule's text feature."""
+        return question_of(self.request)
+
     @abstractmethod
     async def receive(self, *, judged: bool) -> Received: ...
 
@@ -198,6 +215,10 @@ class WholeAnswer(TierCall):
     async def receive(self, *, judged: bool) -> Received:
         gen = self.generation = await self.tier.backend.generate(self.request)
         return Received(gen.logprobs, gen.text, gen.finish_reason, gen.usage)
+
+    @property
+    def text_so_far(self) -> str:
+        return self.generation.text if self.generation is not None else ""
 
     @property
     def usage(self) -> Usage | None:
@@ -237,15 +258,16 @@ class StreamedAnswer(TierCall):
                 finish = delta.finish_reason
                 break
             if parts.n >= self.cfg.stream_min_tokens and early_escalates(
-                    self.tier.running_confidence(parts.view()), decider.threshold):
+                    self.tier.running_confidence(parts.view(), self.question),
+                    decider.threshold):
                 break  # early escalation: judged (and rejected) on what came so far
             # a confidence that needs probes is judged on the whole answer: the probes ask the
             # same tier again, which a single-engine backend (llama.cpp) serves only once this
             # stream is over, and the rule was fitted on whole answers
-            if parts.n >= self.cfg.stream_buffer_tokens and not self.tier.probe_features:
+            if parts.n >= self.cfg.stream_buffer_tokens and not self.tier.judges_whole_answer:
                 break
         text = "".join(d.text for d in self.buffered) if finish is not None else None
-        if finish is not None and self.tier.probe_features:
+        if finish is not None and self.tier.judges_whole_answer:
             await self.aclose()  # the whole answer is buffered: free the engine for the probes
         return Received(parts.view(), text, finish, self.usage)
 
