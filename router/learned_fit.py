@@ -71,7 +71,7 @@ NO_TEXT = TextFit()
 #: the words of the question and of the answer, and the C that suits a rule with them (chosen
 #: by 5-fold cross-validation on the built-in set; see bench/RESULTS.md)
 DEFAULT_TEXT_FIT = TextFit(TEXT_FIELDS)
-DEFAULT_TEXT_C = 1.0
+DEFAULT_TEXT_C = 3.0
 
 
 def text_fit_of(signal: LearnedSignal) -> TextFit:

@@ -41,7 +41,7 @@ QUESTION = "question"
 ANSWER = "answer"
 TEXT_FIELDS = (QUESTION, ANSWER)
 DEFAULT_NGRAMS = 2
-DEFAULT_TEXT_SCALE = 1.0
+DEFAULT_TEXT_SCALE = 3.0
 
 _WORD = re.compile(r"(?u)\b\w+\b")
 

@@ -118,7 +118,7 @@ def test_fit_learns_which_questions_fail_from_their_words() -> None:
     assert plain.cv_auroc < 0.65 < 0.8 < words.cv_auroc
     block = words.signal.text[0]
     assert block.weights["sum"] < 0 < block.weights["capital"]
-    assert words.signal.fitted["text"] == {"fields": ["question"], "ngrams": 2, "scale": 1.0}
+    assert words.signal.fitted["text"] == {"fields": ["question"], "ngrams": 2, "scale": 3.0}
     # the fitted rule's numpy scores are the ones the fit computed
     np.testing.assert_allclose(words.signal.score_matrix(x, texts),
                                [words.signal.score({"mean_logprob": v}, t)

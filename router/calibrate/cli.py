@@ -70,11 +70,11 @@ def add_parser(subparsers: Any) -> None:
     learn.add_argument("--text", default="none",
                        help="words the rule learns from as well: question, answer, "
                             "question,answer or none (default none; with text, --C defaults "
-                            "to 1.0). Needs the question and answer of every row: --recorded, "
+                            "to 3.0). Needs the question and answer of every row: --recorded, "
                             "--prompts, or a log written with decision_log.include_prompt")
     learn.add_argument("--text-scale", type=float, default=None,
                        help="weight of the text terms against the standardised features "
-                            "(default 1.0)")
+                            "(default 3.0)")
     p.add_argument("--config", type=Path, default=None,
                    help="config file (default: the repo's config.yaml)")
     p.set_defaults(func=calibrate_main)
