@@ -223,6 +223,53 @@ def test_decision_log(settings_factory: SettingsFactory, tmp_path: Path) -> None
     assert lines[1]["stream"] is True
 
 
+def test_a_decision_log_with_prompts_feeds_a_rule_with_text(settings_factory: SettingsFactory,
+                                                             tmp_path: Path) -> None:
+    """With include_prompt the log carries each question and judged answer, which
+    `router calibrate --learn --text` learns from; without it, --text says what is missing."""
+    from serve_helpers import write_policy
+
+    from router.cli import main
+
+    learned = {"name": "learned", "features": ["mean_logprob"], "center": [-1.0],
+               "scale": [1.0], "weights": [1.0], "intercept": 0.0}
+    policy = write_policy(tmp_path, "learned", {"kind": "threshold", "escalate_below": -9.0},
+                          signal=learned)
+    logs = {flag: tmp_path / f"log-{flag}.jsonl" for flag in (True, False)}
+    labels = []
+    for flag, log in logs.items():
+        settings = settings_factory(cascade={"policy": str(policy)}, server={
+            "decision_log": {"path": str(log), "include_prompt": flag}})
+        with client_for(settings) as c:
+            for i in range(16):
+                q = f"What is {i} + {i}?" if i % 2 else f"What is the capital of land {i}?"
+                r = c.post("/v1/chat/completions", json={**CHAT, "messages": [
+                    {"role": "user", "content": q}]})
+                if flag:
+                    labels.append({"id": r.json()["id"], "correct": i % 2 == 0})
+    rec = orjson.loads(logs[True].read_bytes().splitlines()[1])
+    assert rec["question"] == "What is 1 + 1?" and rec["tiers"][0]["text"] == "Hello there!"
+    assert "text" not in orjson.loads(logs[False].read_bytes().splitlines()[1])["tiers"][0]
+    lab = tmp_path / "labels.jsonl"
+    lab.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in labels))
+    out = tmp_path / "fitted.yaml"
+    args = ["calibrate", "--learn", "--features", "mean_logprob", "--text", "question",
+            "--labels", str(lab), "--folds", "2", "--target-escalation", "0.5",
+            "--policy-out", str(out)]
+    assert main([*args, "--log", str(logs[True])]) == 0
+    from router.learned import LearnedSignal
+    from router.policy import load_policy
+
+    fitted = load_policy(out).signal
+    assert isinstance(fitted, LearnedSignal)
+    assert fitted.text[0].weights["capital"] > 0 > fitted.text[0].weights["1"]
+    # the log without prompts: ids differ, so label its own requests the same way
+    ids = [orjson.loads(x)["id"] for x in logs[False].read_bytes().splitlines()]
+    lab.write_bytes(b"".join(orjson.dumps({"id": rid, "correct": i % 2 == 0}) + b"\n"
+                             for i, rid in enumerate(ids)))
+    assert main([*args, "--log", str(logs[False])]) == 2
+
+
 def test_metrics_count_escalations(settings_factory: SettingsFactory) -> None:
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
