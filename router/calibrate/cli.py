@@ -72,6 +72,10 @@ def add_parser(subparsers: Any) -> None:
                             "question,answer or none (default none; with text, --C defaults "
                             "to 3.0). Needs the question and answer of every row: --recorded, "
                             "--prompts, or a log written with decision_log.include_prompt")
+    learn.add_argument("--exclude-prompts", type=Path, default=None, metavar="FILE",
+                       help="leave out rows whose prompt is also in FILE (router eval "
+                            "outputs or prompts, JSONL): fit without the prompts you will "
+                            "evaluate the rule on")
     learn.add_argument("--text-scale", type=float, default=None,
                        help="weight of the text terms against the standardised features "
                             "(default 3.0)")

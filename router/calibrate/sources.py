@@ -178,8 +178,15 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
     from router.probes import needed_probes, probe_settings, question_of
     from router.text_features import texts_of
 
+    exclude = _prompts_in(args.exclude_prompts) if getattr(args, "exclude_prompts", None) \
+        else frozenset()
     if args.recorded is not None:
-        records = load_recorded(args.recorded)[: args.limit]
+        records = load_recorded(args.recorded)
+        kept = [r for r in records if _norm(r.item.prompt) not in exclude][: args.limit]
+        if exclude:
+            log(f"--exclude-prompts: left out {len(records) - len(kept)} of {len(records)} "
+                "rows whose prompt is in " + str(args.exclude_prompts))
+        records = kept
         outs = [_relabel(r.outputs[0], r.item.id, labels) for r in records]
         rows = rows_from_outputs(outs, features, data=str(args.recorded))
         if texts:
@@ -187,6 +194,8 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
                                         for r, o in zip(records, outs, strict=True)])
         return rows
     if args.log is not None:
+        if exclude:
+            raise InputError("--exclude-prompts works with --recorded and --prompts, not --log")
         return rows_from_log(args.log, labels, features, limit=args.limit, texts=texts)
     from router.backends import build_backend
     from router.config import load_settings
@@ -205,6 +214,10 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
         path = Path(args.prompts)
         items = load_items(path, require_label=labels is None)[: args.limit]
         data = str(path)
+    if exclude:
+        n = len(items)
+        items = [it for it in items if _norm(it.prompt) not in exclude]
+        log(f"--exclude-prompts: left out {n - len(items)} of {n} prompts")
     max_tokens = args.max_tokens or settings.server.default_max_tokens
     tier = settings.tiers[0]
     backend = build_backend(tier, settings, os.environ)
@@ -225,6 +238,21 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
         rows = replace(rows, texts=[texts_of(question_of(request_for(it, 1)), o.text)
                                     for it, o in zip(items, outs, strict=True)])
     return rows
+
+
+def _norm(prompt: str) -> str:
+    return " ".join(prompt.split()).lower()
+
+
+def _prompts_in(path: Path) -> frozenset[str]:
+    """The prompts of a JSONL file of eval items or recorded outputs (a `prompt` per row)."""
+    out = set()
+    for lineno, row in read_jsonl(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            raise InputError(f"{path}:{lineno}: --exclude-prompts needs a 'prompt' per row")
+        out.add(_norm(prompt))
+    return frozenset(out)
 
 
 def _relabel(out: TierOutput, rid: str, labels: dict[str, tuple[bool, str]] | None

@@ -158,6 +158,19 @@ async def test_a_rule_with_text_scores_alike_in_calibrate_eval_and_serve(
     printed = capsys.readouterr().out
     assert "and the words of the question and the answer" in printed
     assert "question terms: most wrong" in printed
+    # rows whose prompt is in another file are left out of the fit
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(line + "\n" for line in rec.read_text().splitlines()[:10]))
+    assert main(["calibrate", "--recorded", str(rec), "--learn", "--features", "mean_logprob",
+                 "--text", "question", "--exclude-prompts", str(held), "--target-escalation",
+                 "0.4", "--policy-out", str(tmp_path / "other.yaml")]) == 0
+    rows = [json.loads(x) for x in rec.read_text().splitlines()]
+    first = {r["prompt"] for r in rows[:10]}
+    dropped = sum(r["prompt"] in first for r in rows)  # the first 10 and their repeats
+    assert dropped >= 10
+    assert f"left out {dropped} of 80 rows" in capsys.readouterr().err
+    other = load_policy(tmp_path / "other.yaml").signal
+    assert other.fitted["n"] == 80 - dropped  # type: ignore[union-attr]
     policy = load_policy(path)
     sig = policy.signal
     assert isinstance(sig, LearnedSignal) and [b.field for b in sig.text] == ["question",
