@@ -72,6 +72,11 @@ def add_parser(subparsers: Any) -> None:
                             "question,answer or none (default none; with text, --C defaults "
                             "to 3.0). Needs the question and answer of every row: --recorded, "
                             "--prompts, or a log written with decision_log.include_prompt")
+    learn.add_argument("--learn-target", choices=("correct", "gain"), default="correct",
+                       help="what the rule predicts: 'correct' (tier 0's answer is right) or "
+                            "'gain' (escalating would not fix it: tier 0 right or the last "
+                            "tier wrong too; ranks the answers whose escalation pays first; "
+                            "needs both tiers' labels: --recorded)")
     learn.add_argument("--exclude-prompts", type=Path, default=None, metavar="FILE",
                        help="leave out rows whose prompt is also in FILE (router eval "
                             "outputs or prompts, JSONL): fit without the prompts you will "
@@ -233,8 +238,14 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
         raise InputError(f"--C must be positive, got {c}")
     rows = learning_rows(args, labels, features, log=_log, texts=bool(fields))
     meta = {"model": rows.model, "tier": rows.tier, "scorer_version": SCORER_VERSION,
-            "data": rows.data}
-    fit = fit_learned(rows.x, rows.correct, rows.features, c=c, folds=folds, meta=meta,
+            "data": rows.data, "target": args.learn_target}
+    target = rows.correct
+    if args.learn_target == "gain":
+        if rows.no_gain is None:
+            raise InputError("--learn-target gain needs the last tier's labels too: fit on "
+                             "--recorded (router eval's outputs.jsonl)")
+        target = rows.no_gain
+    fit = fit_learned(rows.x, target, rows.features, c=c, folds=folds, meta=meta,
                       texts=rows.texts, text=text)
     # the threshold is fitted on out-of-fold scores: what the rule gives answers it has not
     # seen (in-sample scores of a rule with text terms are overconfident)
@@ -255,7 +266,9 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
     print(f"learned a rule over {len(rows.features)} features{words} of {rows.model} on "
           f"{len(rows.correct)} labelled answers ({rows.data}; {int(rows.correct.sum())} "
           "correct)")
-    print(f"  cross-validated AUROC ({folds} folds): {fit.cv_auroc:.3f}  "
+    what = ("tier 0's answer is right" if args.learn_target == "correct"
+            else "escalating gains nothing")
+    print(f"  cross-validated AUROC ({folds} folds) of '{what}': {fit.cv_auroc:.3f}  "
           f"(in-sample {fit.train_auroc:.3f})")
     top = sorted(zip(rows.features, fit.signal.weights, strict=True), key=lambda fw: -abs(fw[1]))
     print("  weights (standardised): " + ", ".join(f"{f} {w:+.2f}" for f, w in top))

@@ -135,6 +135,9 @@ class LearningRows:
     data: str
     max_tokens: int | None = None
     texts: list[dict[str, str]] | None = None  # each row's question and answer, when known
+    # (n,) bool, when the last tier's answers are known: tier 0 is right or the last tier is
+    # wrong too, so escalating gains nothing (the label of `--learn-target gain`)
+    no_gain: np.ndarray | None = None
 
 
 def rows_from_outputs(outputs: Sequence[TierOutput], features: Sequence[str], *, data: str,
@@ -189,6 +192,8 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
         records = kept
         outs = [_relabel(r.outputs[0], r.item.id, labels) for r in records]
         rows = rows_from_outputs(outs, features, data=str(args.recorded))
+        last_ok = np.array([r.outputs[-1].correct for r in records], dtype=bool)
+        rows = replace(rows, no_gain=rows.correct | ~last_ok)
         if texts:
             rows = replace(rows, texts=[texts_of(question_of(request_for(r.item, 1)), o.text)
                                         for r, o in zip(records, outs, strict=True)])

@@ -96,8 +96,11 @@ def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) ->
 
 def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
                       features: Sequence[str] = DEFAULT_FEATURES, c: float | None = None,
-                      text: TextFit = NO_TEXT) -> tuple[np.ndarray, list[str]]:
-    """Out-of-fold scores of a learned rule fitted on this recording (k-fold, stratified)."""
+                      text: TextFit = NO_TEXT, *, target: str = "correct", hi: int = -1
+                      ) -> tuple[np.ndarray, list[str]]:
+    """Out-of-fold scores of a learned rule fitted on this recording (k-fold, stratified). Its
+    label: tier `tier`'s answer is right (`target="correct"`), or escalating to tier `hi` gains
+    nothing (`"gain"`: tier `tier` right or tier `hi` wrong too)."""
     from router.learned_fit import out_of_fold, usable_features
 
     specs = [s for s in (feature_spec(f) for f in features) if s is not None]
@@ -107,6 +110,8 @@ def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
     used = usable_features(x, features)
     x = feature_matrix(cols, feats, used)
     y = np.array([r.outputs[tier].correct for r in records], dtype=bool)
+    if target == "gain":
+        y = y | ~np.array([r.outputs[hi].correct for r in records], dtype=bool)
     texts = record_texts(records, tier) if text.fields else None
     scores = out_of_fold(x, y, used, folds=folds, c=DEFAULT_C if c is None else c,
                          texts=texts, text=text)
@@ -193,7 +198,8 @@ def _pair(records: Sequence[Recorded], lo: int, hi: int, *, specs: Sequence[Sign
             c = sig.fitted.get("C")
             cv, used = learned_cv_scores(records, lo, cv_folds, sig.features,
                                          float(c) if isinstance(c, int | float) else None,
-                                         text_fit_of(sig))
+                                         text_fit_of(sig), hi=hi,
+                                         target=str(sig.fitted.get("target", "correct")))
             columns[f"policy:{policy.name}:cv{cv_folds}"] = (cv, used)
     if cv_folds:
         cv, used = learned_cv_scores(records, lo, cv_folds)
@@ -201,6 +207,9 @@ def _pair(records: Sequence[Recorded], lo: int, hi: int, *, specs: Sequence[Sign
         cv, used = learned_cv_scores(records, lo, cv_folds, c=DEFAULT_TEXT_C,
                                      text=DEFAULT_TEXT_FIT)
         columns[f"learned_text_cv{cv_folds}"] = (cv, used)
+        cv, used = learned_cv_scores(records, lo, cv_folds, c=DEFAULT_TEXT_C,
+                                     text=DEFAULT_TEXT_FIT, target="gain", hi=hi)
+        columns[f"learned_text_gain_cv{cv_folds}"] = (cv, used)
 
     signals: dict[str, Any] = {}
     for key, (scores, used_features) in columns.items():

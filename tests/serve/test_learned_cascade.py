@@ -200,3 +200,35 @@ async def test_a_rule_with_text_scores_alike_in_calibrate_eval_and_serve(
                                       "large": FakeBackend("fake-large")})
         items = [x async for x in streamed.stream(req)]
         assert items[0].attempts[0].score == pytest.approx(expected[i], abs=1e-9)
+
+
+def test_a_gain_target_learns_where_escalation_pays(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the last tier is wrong too, escalating cannot help: `--learn-target gain` ranks
+    those answers as keepers even when tier 0 is wrong on them."""
+    rec = recorded_words(tmp_path / "outputs.jsonl")
+    rows = [json.loads(x) for x in rec.read_text().splitlines()]
+    for r in rows:  # the large tier fails every sum too
+        if r["prompt"].startswith("What is") and "+" in r["prompt"]:
+            r["tiers"][1]["correct"] = False
+            r["tiers"][1]["text"] = "No idea"
+    rec.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = {}
+    for target in ("correct", "gain"):
+        path = tmp_path / f"{target}.yaml"
+        assert main(["calibrate", "--recorded", str(rec), "--learn", "--features",
+                     "mean_logprob", "--text", "question", "--learn-target", target,
+                     "--target-escalation", "0.3", "--policy-out", str(path)]) == 0
+        assert "escalating gains nothing" in capsys.readouterr().out or target == "correct"
+        out[target] = load_policy(path)
+    sums = [i for i, r in enumerate(rows) if "+" in r["prompt"]]
+    records = load_recorded(rec)
+    correct, gain = (policy_scores(out[t], records) for t in ("correct", "gain"))
+    others = [i for i in range(len(rows)) if i not in sums]
+    # the correctness rule escalates sums first; the gain rule keeps them (nothing to gain)
+    assert np.mean(correct[sums]) < np.mean(correct[others])
+    assert np.mean(gain[sums]) > np.mean(gain[others])
+    assert out["gain"].signal.fitted["target"] == "gain"  # type: ignore[union-attr]
+    report = evaluate(records, policies=[out["correct"], out["gain"]])
+    area = {t: report["signals"][f"policy:{out[t].name}"]["area"] for t in out}
+    assert area["gain"] > area["correct"]
