@@ -46,6 +46,9 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 DEFAULT_C = 0.1
 DEFAULT_FOLDS = 5
+#: k-fold is repeated with this many shuffles and each row's out-of-fold scores averaged: on
+#: the 80-160 rows of a calibration set one shuffle's AUROC moves by 0.03-0.05 (measured)
+DEFAULT_REPEATS = 5
 
 Matrix = npt.NDArray[np.float64]
 
@@ -182,34 +185,50 @@ def _rows(texts: Sequence[Texts] | None, idx: npt.NDArray[np.intp]) -> list[Text
 
 def out_of_fold(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
                 c: float = DEFAULT_C, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT
+                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT,
+                groups: Sequence[str] | None = None, repeats: int = DEFAULT_REPEATS
                 ) -> npt.NDArray[np.float64]:
-    """(n,) log-odds where row i is scored by a rule fitted on the other folds (stratified;
-    text vocabularies too are learned from the other folds only)."""
-    from sklearn.model_selection import StratifiedKFold
+    """(n,) log-odds where row i is scored by rules fitted on the other folds (stratified;
+    text vocabularies too are learned from the other folds only), averaged over `repeats`
+    shuffles. With `groups` (e.g. each row's prompt), rows of one group share a fold: a
+    repeated prompt is never scored by a rule that saw it (when there are at least twice as
+    many distinct groups as folds; with fewer, rows are split one by one)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(correct, dtype=bool)
     _check(x, y, features, folds, texts, text)
-    scores = np.full(len(y), np.nan)
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        fit = _fit_weights(x[train], y[train], c, _rows(texts, train), text)
-        scores[test] = fit.score(x[test], _rows(texts, test))
-    return scores
+    total = np.zeros(len(y))
+    keys = None if groups is None else [" ".join(g.split()).lower() for g in groups]
+    if keys is not None and len(set(keys)) < 2 * folds:
+        keys = None
+    for r in range(repeats):
+        splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(x, y)
+                    if keys is None else
+                    StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
+                        x, y, keys))
+        for train, test in splitter:
+            fit = _fit_weights(x[train], y[train], c, _rows(texts, train), text)
+            total[test] += fit.score(x[test], _rows(texts, test))
+    return total / repeats
 
 
 def fit_learned(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
                 c: float = DEFAULT_C, folds: int = DEFAULT_FOLDS, seed: int = 0,
                 meta: Mapping[str, Any] | None = None,
-                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT) -> LearnFit:
-    """The rule fitted on every row, with its cross-validated AUROC in `fitted`."""
+                texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT,
+                groups: Sequence[str] | None = None) -> LearnFit:
+    """The rule fitted on every row, with its cross-validated AUROC in `fitted` (folds grouped
+    by `groups` when given)."""
     y = np.asarray(correct, dtype=bool)
     _check(x, y, features, folds, texts, text)
-    cv = out_of_fold(x, y, features, c=c, folds=folds, seed=seed, texts=texts, text=text)
+    cv = out_of_fold(x, y, features, c=c, folds=folds, seed=seed, texts=texts, text=text,
+                     groups=groups)
     fit = _fit_weights(x, y, c, texts, text)
     cv_auc = auroc(cv, y.astype(np.float64))
     train = fit.score(x, texts)
     fitted = {**(meta or {}), "n": len(y), "n_correct": int(y.sum()),
               "method": "logistic_regression_l2", "C": c, "folds": folds,
+              "repeats": DEFAULT_REPEATS,
               "cv_auroc": round(float(cv_auc), 6),
               "train_auroc": round(float(auroc(train, y.astype(np.float64))), 6)}
     if text.fields:

@@ -305,12 +305,25 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
     return out
 
 
+class _PolicyDumper(yaml.SafeDumper):
+    """Block style, except short lists of numbers (a text term's [idf, weight]) on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = len(data) <= 2 and all(isinstance(v, int | float) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_PolicyDumper.add_representer(list, _represent_list)
+
+
 def save_policy(policy: Policy, path: Path | str) -> Path:
     """Write a policy file atomically (calibrate's output)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(policy_to_dict(policy), sort_keys=False), encoding="utf-8")
+    tmp.write_text(yaml.dump(policy_to_dict(policy), Dumper=_PolicyDumper, sort_keys=False),
+                   encoding="utf-8")
     tmp.replace(p)
     return p
 

@@ -245,8 +245,9 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
             raise InputError("--learn-target gain needs the last tier's labels too: fit on "
                              "--recorded (router eval's outputs.jsonl)")
         target = rows.no_gain
+    groups = [t["question"] for t in rows.texts] if rows.texts is not None else None
     fit = fit_learned(rows.x, target, rows.features, c=c, folds=folds, meta=meta,
-                      texts=rows.texts, text=text)
+                      texts=rows.texts, text=text, groups=groups)
     # the threshold is fitted on out-of-fold scores: what the rule gives answers it has not
     # seen (in-sample scores of a rule with text terms are overconfident)
     scores = fit.cv_scores
@@ -274,10 +275,10 @@ def _learn_main(args: argparse.Namespace, labels: dict[str, tuple[bool, str]] | 
     print("  weights (standardised): " + ", ".join(f"{f} {w:+.2f}" for f, w in top))
     for block in fit.signal.text:
         ranked = sorted(block.weights.items(), key=lambda tw: tw[1])
-        print(f"  {block.field} terms: most wrong " + ", ".join(
-            f"{t!r} {w:+.2f}" for t, w in ranked[:4]) + "; most right " + ", ".join(
+        print(f"  {block.field} terms: toward escalating " + ", ".join(
+            f"{t!r} {w:+.2f}" for t, w in ranked[:4]) + "; toward keeping " + ", ".join(
             f"{t!r} {w:+.2f}" for t, w in ranked[::-1][:4]))
-    print(f"  threshold: escalate_below {tfit.threshold:.6g} (log-odds of a correct answer, "
+    print(f"  threshold: escalate_below {tfit.threshold:.6g} (log-odds that {what}, "
           f"fitted on the out-of-fold scores); escalation on this data: "
           f"{tfit.escalation_rate:.3f}")
     print(f"  policy written to {args.policy_out}")

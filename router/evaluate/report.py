@@ -114,7 +114,7 @@ def learned_cv_scores(records: Sequence[Recorded], tier: int, folds: int,
         y = y | ~np.array([r.outputs[hi].correct for r in records], dtype=bool)
     texts = record_texts(records, tier) if text.fields else None
     scores = out_of_fold(x, y, used, folds=folds, c=DEFAULT_C if c is None else c,
-                         texts=texts, text=text)
+                         texts=texts, text=text, groups=[r.item.prompt for r in records])
     return scores, [*used, *(f"text:{f}" for f in text.fields)]
 
 

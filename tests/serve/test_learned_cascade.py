@@ -157,7 +157,7 @@ async def test_a_rule_with_text_scores_alike_in_calibrate_eval_and_serve(
                  "--target-escalation", "0.4", "--policy-out", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "and the words of the question and the answer" in printed
-    assert "question terms: most wrong" in printed
+    assert "question terms: toward escalating" in printed
     # rows whose prompt is in another file are left out of the fit
     held = tmp_path / "held.jsonl"
     held.write_text("".join(line + "\n" for line in rec.read_text().splitlines()[:10]))
