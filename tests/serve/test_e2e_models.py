@@ -96,3 +96,26 @@ def test_streams(clients: dict[str, openai.OpenAI]) -> None:
     assert {c.model for c in chunks} == {LARGE}
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == direct  # only the large tier's text, none of the small tier's
+
+
+def test_the_shipped_preset_escalates_the_readme_sum(tmp_path: Path) -> None:
+    """The README's tour on the repo's own config.yaml and its preset: SmolLM2 gets the sum
+    wrong, the learned rule escalates it, Qwen answers 42; the password question stays small."""
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    for t in raw["tiers"]:
+        t.update(n_ctx=512, n_threads=2)
+    settings = settings_from_dict(raw).model_copy(update={"source": REPO / "config.yaml"})
+    with ServerThread(create_app(settings, build_backends(settings))) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
+                               timeout=240)
+        raw_sum = client.chat.completions.with_raw_response.create(
+            model="cascade", max_tokens=64,
+            messages=[{"role": "user", "content": "What is 17 + 25?"}])
+        assert raw_sum.headers["x-router-signal"] == "learned"
+        assert raw_sum.headers["x-router-tier"] == "large"
+        assert raw_sum.headers["x-router-reason"] == "low_confidence"
+        assert "42" in (raw_sum.parse().choices[0].message.content or "")
+        raw_pw = client.chat.completions.with_raw_response.create(
+            model="cascade", max_tokens=64,
+            messages=[{"role": "user", "content": "How do I reset my password?"}])
+        assert raw_pw.headers["x-router-tier"] == "small"
