@@ -13,8 +13,9 @@ instant). With `--upstream` both tiers are real `openai_http` backends on
 `bench/_fake_upstream.py` (no delay, 16 tokens with top-5 logprobs in vLLM's shapes, its own
 process): the CPU then includes the aiohttp client, the parsing of the upstream's answers and
 the garbage collections their objects cause, with `--concurrency` requests in flight as under
-load, on uvloop as `router serve` runs. The cascade's policy accepts tier 0. Reported: the best
-of 5 rounds of this process's CPU time per request.
+load, on uvloop as `router serve` runs. Either way the garbage collector is set as `router
+serve` sets it (`router.serve.run.tune_gc`, where the tree has it). The cascade's policy
+accepts tier 0. Reported: the best of 5 rounds of this process's CPU time per request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from serve_helpers import FakeBackend, make_settings
 from router.backends import Backend
 from router.serve.app import create_app
 
+try:
+    from router.serve.run import tune_gc  # what `router serve` does once the app is built
+except ImportError:  # a source tree from before it
+    tune_gc = None
+
 BENCH = Path(__file__).resolve().parent
 PROMPT = "How do I reset my password? Answer in one sentence."
 
@@ -60,6 +66,8 @@ async def measure(requests: int, stream: bool, *, upstream_port: int | None = No
         settings = make_settings(tmp, escalate_below=-100.0, tiers=upstream_tiers(upstream_port),
                                  server={"max_in_flight": 512, "max_queue": 512})
     app = create_app(settings, backends, environ={}, preload=False)
+    if tune_gc is not None:
+        tune_gc()
     body = orjson.dumps({"model": "cascade", "max_tokens": 32, "stream": stream,
                          "messages": [{"role": "user", "content": PROMPT}]})
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},  # as uvicorn
