@@ -33,7 +33,7 @@ def tune_gc() -> None:
     upstream answer is a few hundred parsed containers, so every collection finds the objects
     of the requests in flight alive, promotes them, and full collections then walk the whole
     heap (about 80,000 objects after start-up). Measured with `bench/app_cpu.py --upstream
-    --concurrency 64`: a third of the CPU per request, for nothing, since a request leaves no
+    --concurrency 64`: about 30% of the CPU per request, for nothing, since a request leaves no
     cycles. Freezing what start-up built (`gc.freeze`) takes it out of every collection, and a
     higher gen-0 threshold stops collecting the requests in flight.
     """
