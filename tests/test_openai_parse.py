@@ -80,6 +80,11 @@ def test_completion_and_prompt_logprobs() -> None:
     {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": 3}]},
     {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": ["x"]}]},
     {"content": [{"token": "a", "logprob": [-1.0, -2.0]}]},
+    {"content": [{"token": "a", "logprob": -1.0, "bytes": 97}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": [
+        {"token": "a", "logprob": "-1"}, {"token": "b", "logprob": -2.0}]}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": [
+        {"token": "a", "logprob": -1.0}, {"token": 2, "logprob": -2.0}]}]},
     {"content": "x"}, [1], "x",
 ])
 def test_malformed_chat_logprobs(bad: Any) -> None:
