@@ -214,7 +214,7 @@ class Cascade:
         features = await self._probe(call, got) if tier.probe_features else {}
         attempt.text = got.text if got.text is not None else call.text_so_far
         score = self._score(tier, attempt, got.logprobs, features,
-                            texts_of(call.question, attempt.text))
+                            texts_of(call.question, attempt.text) if tier.reads_text else None)
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
@@ -228,8 +228,9 @@ class Cascade:
             lp = call.logprobs
             self._account(call, usage, len(lp))
             if call.attempt.outcome == "answered":
-                score = self._score(call.tier, call.attempt, lp,
-                                    texts=texts_of(call.question, call.text_so_far))
+                texts = (texts_of(call.question, call.text_so_far) if call.tier.reads_text
+                         else None)  # a stream's text is joined only for a rule that reads it
+                score = self._score(call.tier, call.attempt, lp, texts=texts)
                 if not out.escalated:
                     out.confidence = score
         if usage is not None:
