@@ -225,9 +225,9 @@ class Cascade:
         when it was rejected), score it if nothing judged it (the last tier), close the books."""
         usage = call.usage
         if not out.degraded:
-            lp = call.logprobs
-            self._account(call, usage, len(lp))
+            self._account(call, usage, call.n_tokens)
             if call.attempt.outcome == "answered":
+                lp = call.logprobs
                 texts = (texts_of(call.question, call.text_so_far) if call.tier.reads_text
                          else None)  # a stream's text is joined only for a rule that reads it
                 score = self._score(call.tier, call.attempt, lp, texts=texts)

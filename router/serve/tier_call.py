@@ -244,6 +244,11 @@ class TierCall(ABC):
     def logprobs(self) -> TokenLogprobs:
         """Every token received so far."""
 
+    @property
+    def n_tokens(self) -> int:
+        """How many tokens were received so far."""
+        return len(self.logprobs)
+
     async def aclose(self) -> None:
         return None
 
@@ -335,6 +340,10 @@ class StreamedAnswer(TierCall):
     @property
     def logprobs(self) -> TokenLogprobs:
         return join_logprobs([d.logprobs for d in self.buffered])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(d.logprobs) for d in self.buffered)
 
     @property
     def text_so_far(self) -> str:
