@@ -105,6 +105,8 @@ def _rows_descend(flat: list[Any], k: int) -> bool:
     "not sorted", and is then checked and sorted by numpy). Example: ([3, 2, 5, 1], 2) -> True.
     """
     try:
+        if len(flat) <= k:  # one row
+            return all(map(ge, flat, flat[1:]))
         return all(all(map(ge, flat[j::k], flat[j + 1::k])) for j in range(k - 1))
     except TypeError:
         return False
@@ -123,6 +125,30 @@ def _chat_top(raw_top: list[Any], n: int, k: int) -> tuple[FloatArray, TopAltern
     top, rows = _sorted_top(top, [top_toks[i:i + k] for i in range(0, n * k, k)])
     assert rows is not None
     return top, TopAlternatives(tuple(map(tuple, rows)))
+
+
+def _one_token(entry: Any) -> Parsed | None:
+    """One chat logprobs entry with its top-k in descending order (a streamed token, as vLLM
+    sends it): its logprob and top-k in one numpy array. None when the top-k needs sorting
+    (the general path sorts it); malformed values raise as there."""
+    try:
+        token = entry["token"]
+        raw_top = entry.get("top_logprobs") or ()
+        tokens = [token, *map(_token, raw_top)]
+        values = [entry["logprob"], *map(_logprob, raw_top)]
+        raw_bytes = entry.get("bytes")
+        _strings(tokens, "logprobs.content[].token and top_logprobs[].token")
+        nbytes = len(raw_bytes) if raw_bytes is not None else len(token.encode())
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MalformedAnswer(f"logprobs.content entries need token and logprob ({exc!r})"
+                              ) from None
+    if not _rows_descend(values[1:], len(values) - 1):
+        return None
+    column = _numbers(values, "logprobs.content[].logprob and top_logprobs[].logprob")
+    k = len(values) - 1
+    top = column[1:].reshape(1, k) if k else None
+    lp = TokenLogprobs(column[:1], np.array([nbytes], np.int64), top, (token,))
+    return lp, TopAlternatives((tuple(tokens[1:]),)) if k else None
 
 
 def parse_chat_logprobs(obj: Any) -> Parsed:
@@ -145,6 +171,10 @@ def parse_chat_logprobs(obj: Any) -> Parsed:
     if not content:
         return empty_logprobs(), None
     n = len(content)
+    if n == 1:  # a streamed token
+        one = _one_token(content[0])
+        if one is not None:
+            return one
     try:
         tokens = list(map(_token, content))
         lps = list(map(_logprob, content))
