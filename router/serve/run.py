@@ -17,7 +17,7 @@ from typing import Literal
 
 import uvicorn
 
-from router.config import Settings, load_settings
+from router.config import Settings, load_settings, resolve_api_keys
 from router.errors import RouterError
 
 #: the youngest generation's collection threshold while serving (CPython's default is 700):
@@ -61,17 +61,14 @@ def serve_app(settings: Settings, *, host: str | None = None, port: int | None =
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
-def check_policies(settings: Settings) -> None:
-    """Load every policy the cascade will (PolicyError now, not in N workers at start-up)."""
-    from router.policy import load_policy
-    from router.serve.online import decider_for
+def check_config(settings: Settings, environ: Mapping[str, str]) -> None:
+    """What an app would refuse at start-up, refused before any worker starts (a RouterError
+    naming the key or the policy file): every policy the cascade serves with, and the API
+    keys that `server.ops_require_key` needs."""
+    from router.serve.online import serving_plan
 
-    cfg = settings.cascade
-    paths = [cfg.policy, *(t.policy for t in settings.tiers if t.policy is not None)]
-    for path in paths:
-        decider_for(load_policy(settings.resolve(path)))
-    if cfg.prompt_gate is not None:
-        decider_for(load_policy(settings.resolve(cfg.prompt_gate.policy)))
+    serving_plan(settings)
+    resolve_api_keys(settings, environ)
 
 
 def run_server(settings: Settings, host: str | None = None, port: int | None = None, *,
@@ -85,7 +82,7 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
     if n == 1:
         serve_app(settings, host=host, port=port, environ=env)
         return 0
-    check_policies(settings)
+    check_config(settings, env)
     return Supervisor(settings, workers=n, host=host or settings.server.host,
                       port=port if port is not None else settings.server.port,
                       environ=env).run()
