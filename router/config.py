@@ -15,6 +15,7 @@ Only `cli.py` reads the environment; `api_key_env`/`api_keys_env` name variables
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -331,3 +332,16 @@ def resolve_secret(
         env = environ if environ is not None else dict(os.environ)
         return env.get(env_name) or None
     return None
+
+
+def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> tuple[str, ...]:
+    """Keys from `server.api_keys` plus the comma-separated variable `server.api_keys_env`;
+    none with `server.ops_require_key` is a ConfigError."""
+    keys = [k for k in settings.server.api_keys if k]
+    env_name = settings.server.api_keys_env
+    if env_name and environ is not None:
+        keys += [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
+    if settings.server.ops_require_key and not keys:
+        raise ConfigError("server.ops_require_key needs API keys (server.api_keys or "
+                          "server.api_keys_env)")
+    return tuple(keys)

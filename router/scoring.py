@@ -65,12 +65,14 @@ __all__ = [
     "DEFAULT_SIGNALS",
     "FEATURES",
     "INFO",
+    "RUNNING_SIGNALS",
     "SCORER_VERSION",
     "SIGNALS",
     "Feature",
     "FloatArray",
     "IntArray",
     "RaggedBatch",
+    "RunningSignal",
     "ScoreResult",
     "SignalSpec",
     "TokenLogprobs",
@@ -348,6 +350,64 @@ def sequence_signal(seq: TokenLogprobs, spec: SignalSpec,
         return float(feature_column({spec.name: [math.nan if value is None else value]},
                                     spec.name, 1)[0])
     return float(token_signal(RaggedBatch.of(seq), spec)[0])
+
+
+#: token signals that a running sum, count, byte count and minimum give: a stream's running
+#: confidence under them costs O(delta) per token (`RunningSignal`)
+RUNNING_SIGNALS = frozenset({"mean_logprob", "sum_logprob", "min_logprob", "neg_perplexity",
+                             "logprob_per_byte", "neg_bits_per_byte"})
+
+
+class RunningSignal:
+    """One token signal of a growing sequence, O(delta) per `add`: what `sequence_signal` gives
+    on every token added so far (up to float rounding: sums are accumulated, not pairwise).
+    The running confidence of a stream, checked after every delta.
+
+    >>> r = RunningSignal(SignalSpec("mean_logprob"))
+    >>> r.value()
+    nan
+    >>> r.add(TokenLogprobs(np.array([-1.0]), np.array([2])))
+    >>> r.add(TokenLogprobs(np.array([-3.0]), np.array([2])))
+    >>> r.value()
+    -2.0
+    """
+
+    def __init__(self, spec: SignalSpec) -> None:
+        if spec.name not in RUNNING_SIGNALS:
+            raise ScoringError(f"signal {spec.key} has no running form")
+        self.name = spec.name
+        self.n = 0
+        self.total = 0.0  # NaN once any token's logprob is NaN, as numpy's sum
+        self.n_bytes = 0
+        self.low = math.inf
+
+    def add(self, seq: TokenLogprobs) -> None:
+        if not len(seq):
+            return
+        values = seq.logprobs.tolist()
+        self.n += len(values)
+        self.total += sum(values)
+        self.n_bytes += sum(seq.token_bytes.tolist())
+        self.low = min(self.low, *values)
+
+    def value(self) -> float:
+        if self.n == 0:
+            return math.nan
+        name, total = self.name, self.total
+        if name == "sum_logprob":
+            return total
+        if name == "min_logprob":
+            return math.nan if math.isnan(total) else self.low  # min() skips NaN; numpy doesn't
+        mean = total / self.n
+        if name == "mean_logprob":
+            return mean
+        if name == "neg_perplexity":
+            try:
+                return -math.exp(-mean)
+            except OverflowError:
+                return -math.inf
+        per_byte = total / self.n_bytes if self.n_bytes > 0 else math.nan
+        return per_byte if name == "logprob_per_byte" else per_byte / LN2
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def chat_content(rng: random.Random, n: int, k: int, *, shuffled: bool) -> list[
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
-@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 3), (64, 20)])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (1, 5), (7, 3), (64, 20)])
 def test_chat_logprobs_match_a_plain_loop(n: int, k: int, shuffled: bool) -> None:
     content = chat_content(random.Random(n * 31 + k), n, k, shuffled=shuffled)
     lp, alts = parse_chat_logprobs({"content": content})
@@ -80,6 +80,11 @@ def test_completion_and_prompt_logprobs() -> None:
     {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": 3}]},
     {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": ["x"]}]},
     {"content": [{"token": "a", "logprob": [-1.0, -2.0]}]},
+    {"content": [{"token": "a", "logprob": -1.0, "bytes": 97}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": [
+        {"token": "a", "logprob": "-1"}, {"token": "b", "logprob": -2.0}]}]},
+    {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": [
+        {"token": "a", "logprob": -1.0}, {"token": 2, "logprob": -2.0}]}]},
     {"content": "x"}, [1], "x",
 ])
 def test_malformed_chat_logprobs(bad: Any) -> None:

@@ -14,9 +14,11 @@ from router.ragged import ragged, segment_min, segment_quantile, topk_entropy
 from router.scoring import (
     DEFAULT_SIGNALS,
     FEATURES,
+    RUNNING_SIGNALS,
     SIGNALS,
     Feature,
     RaggedBatch,
+    RunningSignal,
     ScoreResult,
     SignalSpec,
     TokenLogprobs,
@@ -89,6 +91,31 @@ def test_single_sequence_signal_equals_the_batch_scorer(values: list[float], nam
     else:
         assert single == pytest.approx(batched, rel=1e-9, abs=1e-9)
     assert single == pytest.approx(signal_vector(seq, [spec])[spec.key], nan_ok=True)
+
+
+@given(st.lists(st.lists(st.one_of(logprob, st.just(-math.inf), st.just(math.nan)),
+                        max_size=4), max_size=8),
+       st.sampled_from(sorted(RUNNING_SIGNALS)), st.integers(0, 4))
+@settings(max_examples=300, deadline=None)
+def test_running_signal_equals_the_scorer_on_every_prefix(deltas: list[list[float]], name: str,
+                                                          nbytes: int) -> None:
+    """A stream's running confidence, delta by delta (empty deltas, -inf and NaN tokens, no
+    bytes included), is the scorer's value on the tokens so far."""
+    spec = SignalSpec(name)
+    running = RunningSignal(spec)
+    so_far: list[float] = []
+    for delta in [[], *deltas]:
+        running.add(_seq(delta, nbytes))
+        so_far += delta
+        with np.errstate(invalid="ignore"):
+            expected = sequence_signal(_seq(so_far, nbytes), spec)
+        assert running.value() == pytest.approx(expected, rel=1e-9, abs=1e-9, nan_ok=True)
+
+
+def test_running_signals_are_the_ones_sums_give() -> None:
+    assert RUNNING_SIGNALS.issubset(SIGNALS)
+    with pytest.raises(ScoringError, match="no running form"):
+        RunningSignal(SignalSpec("quantile_logprob"))
 
 
 @given(st.lists(st.lists(logprob, max_size=8), min_size=1, max_size=6))

@@ -18,6 +18,8 @@ dtype, which is refused). Top-k rows are sorted only when the upstream did not s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from operator import ge, itemgetter
 from typing import Any
 
 import numpy as np
@@ -55,10 +57,15 @@ def _strings(values: Sequence[Any], what: str) -> None:
     _expect(not values or set(map(type, values)) == {str}, f"{what} must be strings")
 
 
+def _is_sorted(top: FloatArray) -> bool:
+    """Whether every (n, k) row is descending (NaN anywhere counts as unsorted)."""
+    return top.shape[1] < 2 or bool((top[:, :-1] >= top[:, 1:]).all())
+
+
 def _sorted_top(top: FloatArray, tokens: list[list[str]] | None
                 ) -> tuple[FloatArray, list[list[str]] | None]:
     """Sort (n, k) top-k rows descending (with their token strings) unless they already are."""
-    if top.shape[1] < 2 or bool(np.all(top[:, :-1] >= top[:, 1:])):
+    if _is_sorted(top):
         return top, tokens
     order = np.argsort(-top, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
@@ -88,12 +95,71 @@ def _alternatives(tokens: list[list[str]] | None) -> TopAlternatives | None:
     return None if tokens is None else TopAlternatives(tuple(tuple(r) for r in tokens))
 
 
+_token = itemgetter("token")
+_logprob = itemgetter("logprob")
+
+
+def _rows_descend(flat: list[Any], k: int) -> bool:
+    """Whether each run of k values of a flat row-major list descends, compared in Python
+    (cheaper than numpy for the few values of a streamed token; a NaN or a non-number is
+    "not sorted", and is then checked and sorted by numpy). Example: ([3, 2, 5, 1], 2) -> True.
+    """
+    try:
+        if len(flat) <= k:  # one row
+            return all(map(ge, flat, flat[1:]))
+        return all(all(map(ge, flat[j::k], flat[j + 1::k])) for j in range(k - 1))
+    except TypeError:
+        return False
+
+
+def _chat_top(raw_top: list[Any], n: int, k: int) -> tuple[FloatArray, TopAlternatives]:
+    """The usual top-k of a chat answer, k alternatives at every position: (n, k) sorted rows
+    and their token strings, in one pass over the flat list."""
+    flat = list(chain.from_iterable(raw_top))
+    top_toks = list(map(_token, flat))
+    _strings(top_toks, "logprobs.content[].top_logprobs[].token")
+    values = list(map(_logprob, flat))
+    top = _numbers(values, "logprobs.content[].top_logprobs[].logprob").reshape(n, k)
+    if _rows_descend(values, k):  # as vLLM sends them: rows straight from the flat list
+        return top, TopAlternatives(tuple(zip(*[iter(top_toks)] * k, strict=True)))
+    top, rows = _sorted_top(top, [top_toks[i:i + k] for i in range(0, n * k, k)])
+    assert rows is not None
+    return top, TopAlternatives(tuple(map(tuple, rows)))
+
+
+def _one_token(entry: Any) -> Parsed | None:
+    """One chat logprobs entry with its top-k in descending order (a streamed token, as vLLM
+    sends it): its logprob and top-k in one numpy array. None when the top-k needs sorting
+    (the general path sorts it); malformed values raise as there."""
+    try:
+        token = entry["token"]
+        raw_top = entry.get("top_logprobs") or ()
+        tokens = [token, *map(_token, raw_top)]
+        values = [entry["logprob"], *map(_logprob, raw_top)]
+        raw_bytes = entry.get("bytes")
+        _strings(tokens, "logprobs.content[].token and top_logprobs[].token")
+        nbytes = len(raw_bytes) if raw_bytes is not None else len(token.encode())
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MalformedAnswer(f"logprobs.content entries need token and logprob ({exc!r})"
+                              ) from None
+    if not _rows_descend(values[1:], len(values) - 1):
+        return None
+    column = _numbers(values, "logprobs.content[].logprob and top_logprobs[].logprob")
+    k = len(values) - 1
+    top = column[1:].reshape(1, k) if k else None
+    lp = TokenLogprobs(column[:1], np.array([nbytes], np.int64), top, (token,))
+    return lp, TopAlternatives((tuple(tokens[1:]),)) if k else None
+
+
 def parse_chat_logprobs(obj: Any) -> Parsed:
     """Chat `logprobs` -> TokenLogprobs (+ top-k token strings).
 
     Example: {"content": [{"token": " 42", "logprob": -0.1, "bytes": [32, 52, 50],
     "top_logprobs": [{"token": " 42", "logprob": -0.1}]}]} -> logprobs [-0.1], token_bytes [3],
     top_logprobs [[-0.1]], alternatives ((" 42",),).
+
+    One streamed token is a call of its own, so the fixed cost counts as much as the per-token
+    one: fields are gathered with `map` over the entries and each column is one numpy call.
     """
     if obj is None:
         return empty_logprobs(), None
@@ -105,37 +171,38 @@ def parse_chat_logprobs(obj: Any) -> Parsed:
     if not content:
         return empty_logprobs(), None
     n = len(content)
+    if n == 1:  # a streamed token
+        one = _one_token(content[0])
+        if one is not None:
+            return one
     try:
-        tokens = [c["token"] for c in content]
-        lps = [c["logprob"] for c in content]
-        raw_top = [c.get("top_logprobs") or () for c in content]
-        widths = list(map(len, raw_top))
+        tokens = list(map(_token, content))
+        lps = list(map(_logprob, content))
         _strings(tokens, "logprobs.content[].token")
-        nbytes = [len(b) if b is not None else len(t.encode())
-                  for b, t in zip([c.get("bytes") for c in content], tokens, strict=True)]
+        raw_bytes = [c.get("bytes") for c in content]
+        nbytes = (list(map(len, raw_bytes)) if None not in raw_bytes else
+                  [len(b) if b is not None else len(t.encode())
+                   for b, t in zip(raw_bytes, tokens, strict=True)])
+        raw_top = [c.get("top_logprobs") or () for c in content]
+        widths = set(map(len, raw_top))
         k = min(widths)
         top: FloatArray | None = None
-        alt_rows: list[list[str]] | None = None
-        if k > 0 and max(widths) == k:  # the usual case: k alternatives everywhere, one pass
-            flat = [t for row in raw_top for t in row]
-            top_toks = [t["token"] for t in flat]
-            _strings(top_toks, "logprobs.content[].top_logprobs[].token")
-            top = _numbers([t["logprob"] for t in flat],
-                           "logprobs.content[].top_logprobs[].logprob").reshape(n, k)
-            alt_rows = [top_toks[i:i + k] for i in range(0, n * k, k)]
-            top, alt_rows = _sorted_top(top, alt_rows)
+        alts: TopAlternatives | None = None
+        if k > 0 and len(widths) == 1:  # the usual case: k alternatives everywhere, one pass
+            top, alts = _chat_top(raw_top, n, k)
         elif k > 0:
             alt_rows = [[t["token"] for t in row] for row in raw_top]
             for row in alt_rows:
                 _strings(row, "logprobs.content[].top_logprobs[].token")
-            top, alt_rows = _top_matrix([[t["logprob"] for t in row] for row in raw_top],
-                                        alt_rows, "logprobs.content[].top_logprobs[].logprob")
+            top, rows = _top_matrix([[t["logprob"] for t in row] for row in raw_top],
+                                    alt_rows, "logprobs.content[].top_logprobs[].logprob")
+            alts = _alternatives(rows)
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedAnswer(f"logprobs.content entries need token and logprob ({exc!r})"
                               ) from None
     lp = TokenLogprobs(_numbers(lps, "logprobs.content[].logprob"),
                        np.array(nbytes, np.int64), top, tuple(tokens))
-    return lp, _alternatives(alt_rows)
+    return lp, alts
 
 
 def parse_completion_logprobs(obj: Any) -> Parsed:

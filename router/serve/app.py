@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router import metrics
 from router._version import __version__
 from router.backends import Backend, build_backends
-from router.config import Settings
-from router.errors import ConfigError, RouterError
+from router.config import Settings, resolve_api_keys
+from router.errors import RouterError
 from router.serve.cascade import Cascade
 from router.serve.decision_log import DecisionLog
 from router.serve.error_handlers import (
@@ -37,15 +37,6 @@ from router.serve.shadow import ShadowSampler
 from router.serve.state import ServeState
 
 log = logging.getLogger("router.serve")
-
-
-def resolve_api_keys(settings: Settings, environ: Mapping[str, str] | None) -> tuple[str, ...]:
-    """Keys from `server.api_keys` plus the comma-separated variable `server.api_keys_env`."""
-    keys = [k for k in settings.server.api_keys if k]
-    env_name = settings.server.api_keys_env
-    if env_name and environ is not None:
-        keys += [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
-    return tuple(keys)
 
 
 async def hot_lane_error(request: Request, exc: Exception) -> JSONResponse:
@@ -77,9 +68,6 @@ def create_app(settings: Settings, backends: Mapping[str, Backend] | None = None
     owns = backends is None
     cascade = Cascade(settings, cascade_backends)  # loads and validates the policies now
     keys = resolve_api_keys(settings, environ)
-    if settings.server.ops_require_key and not keys:
-        raise ConfigError("server.ops_require_key needs API keys (server.api_keys or "
-                          "server.api_keys_env)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

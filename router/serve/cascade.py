@@ -31,10 +31,9 @@ from router.config import Settings
 from router.decision import rank, scorable
 from router.errors import RouterError, UnknownModelError, UpstreamError, UpstreamTimeout
 from router.learned import LearnedSignal, confidence, confidence_and_values
-from router.policy import load_policy
 from router.probes import probe_settings, run_probes
 from router.scoring import TokenLogprobs
-from router.serve.online import Decider, decider_for
+from router.serve.online import Decider, serving_plan
 from router.serve.tier_call import Attempt, Received, StreamedAnswer, Tier, TierCall, WholeAnswer
 from router.text_features import Texts, texts_of
 
@@ -100,22 +99,14 @@ class Cascade:
     def __init__(self, settings: Settings, backends: Mapping[str, Backend]) -> None:
         self.settings = settings
         cfg = settings.cascade
-        default_policy = load_policy(settings.resolve(cfg.policy)).for_serving()
+        plan = serving_plan(settings)  # loads and checks every policy now
         self.tiers: list[Tier] = []
-        n = len(settings.tiers)
         for i, tc in enumerate(settings.tiers):
             if tc.name not in backends:
                 raise UnknownModelError(f"no backend for tier {tc.name!r}")
-            policy = (load_policy(settings.resolve(tc.policy)).for_serving()
-                      if tc.policy is not None else default_policy)
-            decider = decider_for(policy) if i < n - 1 else None
-            self.tiers.append(Tier(i, tc, backends[tc.name], decider, policy.signal,
-                                   probe_settings(cfg.probes)))
-        self.gate: Decider | None = None
-        if cfg.prompt_gate is not None and n > 1:
-            gate = load_policy(settings.resolve(cfg.prompt_gate.policy))
-            gate.token_signal  # noqa: B018 - a gate scores the prompt text: one scorer signal
-            self.gate = decider_for(gate)
+            self.tiers.append(Tier(i, tc, backends[tc.name], plan.deciders[i],
+                                   plan.policies[i].signal, probe_settings(cfg.probes)))
+        self.gate: Decider | None = plan.gate
         for t in self.tiers:
             if t.decider is not None:
                 metrics.THRESHOLD.labels(t.name).set(t.decider.threshold)
@@ -214,7 +205,7 @@ class Cascade:
         features = await self._probe(call, got) if tier.probe_features else {}
         attempt.text = got.text if got.text is not None else call.text_so_far
         score = self._score(tier, attempt, got.logprobs, features,
-                            texts_of(call.question, attempt.text))
+                            texts_of(call.question, attempt.text) if tier.reads_text else None)
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
@@ -225,11 +216,12 @@ class Cascade:
         when it was rejected), score it if nothing judged it (the last tier), close the books."""
         usage = call.usage
         if not out.degraded:
-            lp = call.logprobs
-            self._account(call, usage, len(lp))
+            self._account(call, usage, call.n_tokens)
             if call.attempt.outcome == "answered":
-                score = self._score(call.tier, call.attempt, lp,
-                                    texts=texts_of(call.question, call.text_so_far))
+                lp = call.logprobs
+                texts = (texts_of(call.question, call.text_so_far) if call.tier.reads_text
+                         else None)  # a stream's text is joined only for a rule that reads it
+                score = self._score(call.tier, call.attempt, lp, texts=texts)
                 if not out.escalated:
                     out.confidence = score
         if usage is not None:

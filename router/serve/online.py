@@ -14,14 +14,16 @@ after a shift it moves the level until the realised rate is back at the target.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from router.config import Settings
 from router.decision import escalates, scorable
 from router.errors import PolicyError
 from router.learned import Confidence
-from router.policy import Policy, TargetRateRule, ThresholdRule
+from router.policy import Policy, TargetRateRule, ThresholdRule, load_policy
 
 DEFAULT_GAIN = 0.05
 
@@ -106,3 +108,30 @@ def decider_for(policy: Policy) -> Decider:
     if isinstance(rule, TargetRateRule):
         return TargetRateDecider(policy.signal, rule)
     raise PolicyError(f"policy {policy.name!r}: rule {rule.kind!r} cannot drive a cascade")
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Every policy a cascade serves with, loaded and checked, and fresh deciders for them."""
+
+    policies: tuple[Policy, ...]  # one per tier: its own, else the cascade's
+    deciders: tuple[Decider | None, ...]  # one per tier; None for the last (it always answers)
+    gate: Decider | None  # the prompt gate's
+
+
+def serving_plan(settings: Settings) -> ServingPlan:
+    """The policies of `settings.cascade` and its tiers -> a ServingPlan; a PolicyError names
+    the file and what is wrong. The cascade is built on it, and `router serve --workers N`
+    calls it before starting any worker, so a bad policy stops the server, not N workers."""
+    cfg = settings.cascade
+    default = load_policy(settings.resolve(cfg.policy)).for_serving()
+    policies = tuple(load_policy(settings.resolve(t.policy)).for_serving()
+                     if t.policy is not None else default for t in settings.tiers)
+    n = len(policies)
+    deciders = tuple(decider_for(p) if i < n - 1 else None for i, p in enumerate(policies))
+    gate: Decider | None = None
+    if cfg.prompt_gate is not None and n > 1:
+        gate_policy = load_policy(settings.resolve(cfg.prompt_gate.policy))
+        gate_policy.token_signal  # noqa: B018 - a gate scores the prompt text: one scorer signal
+        gate = decider_for(gate_policy)
+    return ServingPlan(policies, deciders, gate)

@@ -7,8 +7,8 @@ Logprobs are always requested from the tiers; they appear in a reply only when t
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -18,7 +18,8 @@ from router.scoring import TokenLogprobs
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """`prefix-` and 32 random hex digits (as uuid4().hex, at a fifth of its cost)."""
+    return f"{prefix}-{os.urandom(16).hex()}"
 
 
 def _lp(x: float) -> float:

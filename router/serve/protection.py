@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +55,8 @@ class ClientDisconnected(Exception):
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    """`req_` and 32 random hex digits (as uuid4().hex, at a fifth of its cost)."""
+    return f"req_{os.urandom(16).hex()}"
 
 
 def key_matches(presented: str, keys: Sequence[str]) -> bool:

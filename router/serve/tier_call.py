@@ -6,7 +6,9 @@
     StreamedAnswer           `stream`: deltas are buffered until the buffer is full, the answer
                              ends or the running confidence early-escalates (a confidence that
                              needs probes waits for the whole answer); `rest` streams on
-    TokenBuffer              the running tokens of a stream, O(delta) per append
+    Running                  a stream's running confidence: O(delta) per token for the
+                             signals running sums give (`scoring.RunningSignal`), else the
+                             scorer on a `TokenBuffer` of the tokens so far
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -24,9 +27,43 @@ from router.config import CascadeConfig, TierConfig
 from router.decision import early_escalates
 from router.learned import Confidence, LearnedSignal, confidence
 from router.probes import ProbeSettings, is_probe_feature, question_of
-from router.scoring import TokenLogprobs
+from router.scoring import RUNNING_SIGNALS, RunningSignal, SignalSpec, TokenLogprobs
 from router.serve.online import Decider
 from router.text_features import QUESTION
+
+
+class Running(Protocol):
+    """A stream's running confidence: `add` every delta's tokens, read `value` (NaN: nothing
+    to decide on yet, or a confidence that waits for the whole answer)."""
+
+    def add(self, lp: TokenLogprobs) -> None: ...
+
+    def value(self) -> float: ...
+
+
+class _Waiting:
+    """The running confidence of a tier judged on its whole answer: always NaN."""
+
+    def add(self, lp: TokenLogprobs) -> None:
+        return None
+
+    def value(self) -> float:
+        return math.nan
+
+
+class _Rescored:
+    """Any other confidence (a quantile, top-k signals, a learned rule on token signals and the
+    question's words): the scorer on the tokens so far, kept in a `TokenBuffer`."""
+
+    def __init__(self, signal: Confidence, texts: dict[str, str] | None) -> None:
+        self.signal, self.texts = signal, texts
+        self.parts = TokenBuffer()
+
+    def add(self, lp: TokenLogprobs) -> None:
+        self.parts.append(lp)
+
+    def value(self) -> float:
+        return confidence(self.signal, self.parts.view(), texts=self.texts)
 
 
 @dataclass
@@ -37,36 +74,40 @@ class Tier:
     decider: Decider | None  # None for the last tier
     signal: Confidence  # the signal (or learned rule) its answers are scored with
     probes: ProbeSettings = field(default_factory=ProbeSettings)
+    # derived from the signal once (the request path reads them on every call, streams on
+    # every token):
+    #: the features its confidence is computed from
+    features: tuple[str, ...] = field(init=False)
+    #: the request-level features its confidence needs (router.probes); empty when the token
+    #: logprobs of the answer are enough
+    probe_features: tuple[str, ...] = field(init=False)
+    #: its confidence needs the whole answer: probes, or a learned rule that reads the
+    #: answer's words. A stream is then buffered to its end before it is judged.
+    judges_whole_answer: bool = field(init=False)
+    #: its confidence reads the words of the question or the answer (a learned rule's text
+    #: blocks): only then are they handed to it
+    reads_text: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        sig = self.signal
+        self.features = sig.features if isinstance(sig, LearnedSignal) else (sig.key,)
+        self.probe_features = tuple(f for f in self.features if is_probe_feature(f))
+        self.judges_whole_answer = bool(self.probe_features) or (
+            isinstance(sig, LearnedSignal) and sig.reads_answer_text)
+        self.reads_text = isinstance(sig, LearnedSignal) and bool(sig.text)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    @property
-    def features(self) -> tuple[str, ...]:
+    def running(self, question: str) -> Running:
+        """A fresh running confidence for one stream of this tier, for early escalation."""
         sig = self.signal
-        return sig.features if isinstance(sig, LearnedSignal) else (sig.key,)
-
-    @property
-    def probe_features(self) -> tuple[str, ...]:
-        """The request-level features its confidence needs (router.probes); empty when the
-        token logprobs of the answer are enough."""
-        return tuple(f for f in self.features if is_probe_feature(f))
-
-    @property
-    def judges_whole_answer(self) -> bool:
-        """True when its confidence needs the whole answer: probes, or a learned rule that
-        reads the answer's words. A stream is then buffered to its end before it is judged."""
-        sig = self.signal
-        return bool(self.probe_features) or (isinstance(sig, LearnedSignal)
-                                             and sig.reads_answer_text)
-
-    def running_confidence(self, lp: TokenLogprobs, question: str = "") -> float:
-        """The confidence of a stream's first tokens, for early escalation; NaN (wait for the
-        buffer to be judged) when the confidence needs the whole answer."""
         if self.judges_whole_answer:
-            return math.nan
-        return confidence(self.signal, lp, texts={QUESTION: question})
+            return _Waiting()
+        if isinstance(sig, SignalSpec) and sig.name in RUNNING_SIGNALS:
+            return RunningSignal(sig)
+        return _Rescored(sig, {QUESTION: question} if self.reads_text else None)
 
     @property
     def model(self) -> str:
@@ -172,6 +213,7 @@ class TierCall(ABC):
 
     request: GenerationRequest
     probe_usage: Usage | None = None  # tokens the confidence probes spent on this call
+    _question: str | None = None
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
@@ -186,7 +228,9 @@ class TierCall(ABC):
     @property
     def question(self) -> str:
         """What the request asks (the last user message): a learned rule's text feature."""
-        return question_of(self.request)
+        if self._question is None:
+            self._question = question_of(self.request)
+        return self._question
 
     @abstractmethod
     async def receive(self, *, judged: bool) -> Received: ...
@@ -199,6 +243,11 @@ class TierCall(ABC):
     @abstractmethod
     def logprobs(self) -> TokenLogprobs:
         """Every token received so far."""
+
+    @property
+    def n_tokens(self) -> int:
+        """How many tokens were received so far."""
+        return len(self.logprobs)
 
     async def aclose(self) -> None:
         return None
@@ -247,29 +296,31 @@ class StreamedAnswer(TierCall):
                 self.buffered.append(delta)
                 break
             return Received(self.logprobs)
-        decider = self.tier.decider
+        tier, cfg = self.tier, self.cfg
+        decider = tier.decider
         assert decider is not None
-        parts = TokenBuffer()
+        running = tier.running(self.question)
+        n = 0
         finish: str | None = None
         async for delta in self._it:
             self.buffered.append(delta)
-            parts.append(delta.logprobs)
+            running.add(delta.logprobs)
+            n += len(delta.logprobs)
             if delta.finish_reason is not None:
                 finish = delta.finish_reason
                 break
-            if parts.n >= self.cfg.stream_min_tokens and early_escalates(
-                    self.tier.running_confidence(parts.view(), self.question),
-                    decider.threshold):
+            if n >= cfg.stream_min_tokens and early_escalates(running.value(),
+                                                              decider.threshold):
                 break  # early escalation: judged (and rejected) on what came so far
             # a confidence that needs probes is judged on the whole answer: the probes ask the
             # same tier again, which a single-engine backend (llama.cpp) serves only once this
             # stream is over, and the rule was fitted on whole answers
-            if parts.n >= self.cfg.stream_buffer_tokens and not self.tier.judges_whole_answer:
+            if n >= cfg.stream_buffer_tokens and not tier.judges_whole_answer:
                 break
         text = "".join(d.text for d in self.buffered) if finish is not None else None
-        if finish is not None and self.tier.judges_whole_answer:
+        if finish is not None and tier.judges_whole_answer:
             await self.aclose()  # the whole answer is buffered: free the engine for the probes
-        return Received(parts.view(), text, finish, self.usage)
+        return Received(self.logprobs, text, finish, self.usage)
 
     async def rest(self) -> AsyncIterator[StreamDelta]:
         """The deltas after the buffered ones (none once the stream is closed)."""
@@ -289,6 +340,10 @@ class StreamedAnswer(TierCall):
     @property
     def logprobs(self) -> TokenLogprobs:
         return join_logprobs([d.logprobs for d in self.buffered])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(d.logprobs) for d in self.buffered)
 
     @property
     def text_so_far(self) -> str:

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ from types import FrameType
 from typing import Literal
 
 from router.config import Settings
-from router.errors import ConfigError
+from router.errors import ConfigError, RouterError
 
 log = logging.getLogger("router.serve")
 
@@ -45,6 +46,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: a worker that dies sooner than this after its start counts as a crash loop
 MIN_UPTIME_S = 10.0
 MAX_QUICK_DEATHS = 3
+#: a worker's exit status for a config error (as `router serve`'s): the supervisor stops with it
+CONFIG_ERROR_EXIT = 2
 #: seconds beyond `server.shutdown_grace_s` before stragglers are killed
 KILL_MARGIN_S = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -116,8 +119,12 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
                         f"[worker {spec.index}]: %(message)s")
     from router.serve.run import serve_app
 
-    serve_app(spec.settings, sock=sock, environ=spec.environ, worker=spec.index,
-              metrics_dir=spec.metrics_dir)
+    try:
+        serve_app(spec.settings, sock=sock, environ=spec.environ, worker=spec.index,
+                  metrics_dir=spec.metrics_dir)
+    except RouterError as exc:  # a config error: every worker would fail the same way
+        print(f"router serve: error: {exc.message}", file=sys.stderr, flush=True)
+        sys.exit(CONFIG_ERROR_EXIT)
 
 
 def _metrics_dir(environ: Mapping[str, str]) -> tuple[Path, bool]:
@@ -165,7 +172,8 @@ class Supervisor:
         log.info("supervisor: worker %d started (pid %d)", index, proc.pid)
 
     def run(self) -> int:
-        """Serve until a signal; 0 after a clean shutdown, 1 if workers kept crashing."""
+        """Serve until a signal; 0 after a clean shutdown, 1 if workers kept crashing, 2 if a
+        worker refused the configuration."""
         sock = bind_socket(self.host, self.port)
         metrics_dir, created = _metrics_dir(self.environ)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited by every spawned worker
@@ -185,6 +193,12 @@ class Supervisor:
                     if p.exitcode is None or self._signals:
                         continue
                     multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                    if p.exitcode == CONFIG_ERROR_EXIT:  # restarting it would fail again
+                        log.error("supervisor: worker %d refused the configuration; stopping",
+                                  i)
+                        code = CONFIG_ERROR_EXIT
+                        self._on_signal(signal.SIGTERM, None)
+                        break
                     quick = time.monotonic() - self._started[i] < MIN_UPTIME_S
                     quick_deaths = quick_deaths + 1 if quick else 0
                     log.error("supervisor: worker %d (pid %s) exited with %s", i, p.pid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from serve_helpers import REPO
 
-from router.serve.run import serve_main
+from router.serve.run import SERVING_GC_THRESHOLD, serve_main, tune_gc
 from tests.harness.server_thread import free_port
 
 
@@ -21,6 +22,21 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "c.yaml"
     bad.write_text("tiers: []\n")
     assert serve_main(bad) == 2
+
+
+def test_tune_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (SERVING_GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 1000  # what start-up built is out of every collection
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # cycles made after start-up are still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 @pytest.mark.model

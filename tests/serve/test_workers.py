@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,14 +23,21 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import yaml
 from fake_vllm import fake_vllm_app
 from serve_helpers import write_policy
 
 from router.cli import build_parser
-from router.config import settings_from_dict
+from router.config import load_settings, settings_from_dict
 from router.errors import ConfigError
 from router.serve.run import serve_main
-from router.serve.workers import cpu_quota, worker_count
+from router.serve.workers import (
+    CONFIG_ERROR_EXIT,
+    MULTIPROC_ENV,
+    Supervisor,
+    cpu_quota,
+    worker_count,
+)
 from tests.harness.router_process import (
     alive,
     children_of,
@@ -114,6 +123,49 @@ def test_port_in_use_is_a_clean_error(tmp_path: Path, upstream: ServerThread,
                                           "--port", str(port), "--workers", "2"])
         assert serve_main(args) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def bad_gate_config(tmp: Path, upstream: ServerThread) -> Path:
+    """A prompt gate whose policy is a learned rule (a gate scores the prompt text: it needs
+    one scorer signal), which the app refuses at start-up."""
+    gate = write_policy(tmp, "gate", {"kind": "threshold", "escalate_below": -1.0},
+                        signal={"name": "learned", "features": ["mean_logprob"],
+                                "center": [0.0], "scale": [1.0], "weights": [1.0],
+                                "intercept": 0.0})
+    raw = yaml.safe_load(config(tmp, upstream).read_text())
+    raw["cascade"]["prompt_gate"] = {"policy": str(gate)}
+    return write_config(tmp, raw)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_policy_stops_the_server_with_status_2(tmp_path: Path, upstream: ServerThread,
+                                                      workers: int) -> None:
+    """As with one worker, N workers never start on a policy the app refuses: the server exits
+    2 at once with the message naming the policy file, and no worker crash-loops."""
+    cfg = bad_gate_config(tmp_path, upstream)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "router.cli", "serve", "--config", str(cfg),
+                           "--port", "0", "--workers", str(workers)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"router serve: error: policy 'gate' ({tmp_path / 'gate.yaml'})" in done.stderr
+    assert "a learned signal scores answers" in done.stderr
+    assert "worker 0 started" not in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_worker_that_refuses_the_config_stops_the_supervisor(
+        tmp_path: Path, upstream: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's own guard (a config error only a worker sees): the first worker that
+    exits with the config-error status stops the others, and `run` returns 2, not a restart."""
+    settings = load_settings(bad_gate_config(tmp_path, upstream))
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))  # run() sets it: restored
+    sup = Supervisor(settings, workers=2, host="127.0.0.1", port=0, environ=dict(os.environ))
+    started = time.monotonic()
+    assert sup.run() == CONFIG_ERROR_EXIT
+    assert time.monotonic() - started < 60
+    exits = [p.exitcode for p in sup._procs.values()]
+    assert CONFIG_ERROR_EXIT in exits and len(exits) == 2  # none was restarted
 
 
 def test_decision_log_has_whole_lines_with_two_workers(tmp_path: Path,
