@@ -11,9 +11,10 @@ the last tier's (empty, truncated, then the policy), and the loop escalates or c
 
 Streaming with early escalation: tier k streams into a buffer; from `stream_min_tokens` on, the
 running confidence of the buffered tokens is checked after every delta and the tier is aborted
-(its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens` (or
-at the end of the answer) the buffer is judged like a whole answer, then flushed and the rest
-streams straight through.
+(its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens`,
+`stream_buffer_seconds` after its first token, or at the end of the answer (whichever comes
+first; a confidence that needs the whole answer waits for its end) the buffer is judged like a
+whole answer, then flushed and the rest streams straight through.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
     Tier, Attempt            a tier of the cascade; one call of it (a decision-log entry)
     Received                 as much of an answer as the cascade has when it judges it
     WholeAnswer              `run`: the whole Generation is what is received
-    StreamedAnswer           `stream`: deltas are buffered until the buffer is full, the answer
-                             ends or the running confidence early-escalates (a confidence that
-                             needs probes waits for the whole answer); `rest` streams on
+    StreamedAnswer           `stream`: deltas are buffered until the buffer is full or held
+                             `stream_buffer_seconds`, the answer ends or the running confidence
+                             early-escalates (a confidence that needs probes waits for the whole
+                             answer); `rest` streams on
     TokenBuffer              the running tokens of a stream, O(delta) per append
 """
 
@@ -249,22 +250,31 @@ class StreamedAnswer(TierCall):
             return Received(self.logprobs)
         decider = self.tier.decider
         assert decider is not None
+        cfg = self.cfg
+        # a confidence that needs probes is judged on the whole answer: the probes ask the same
+        # tier again, which a single-engine backend (llama.cpp) serves only once this stream is
+        # over, and the rule was fitted on whole answers; neither bound applies to it
+        bounded = not self.tier.judges_whole_answer
         parts = TokenBuffer()
         finish: str | None = None
+        deadline = math.inf  # stream_buffer_seconds after the first token
         async for delta in self._it:
             self.buffered.append(delta)
             parts.append(delta.logprobs)
             if delta.finish_reason is not None:
                 finish = delta.finish_reason
                 break
-            if parts.n >= self.cfg.stream_min_tokens and early_escalates(
+            if deadline == math.inf and parts.n:
+                deadline = time.perf_counter() + cfg.stream_buffer_seconds
+            enough = parts.n >= cfg.stream_min_tokens  # no judgement on fewer tokens
+            if enough and early_escalates(
                     self.tier.running_confidence(parts.view(), self.question),
                     decider.threshold):
                 break  # early escalation: judged (and rejected) on what came so far
-            # a confidence that needs probes is judged on the whole answer: the probes ask the
-            # same tier again, which a single-engine backend (llama.cpp) serves only once this
-            # stream is over, and the rule was fitted on whole answers
-            if parts.n >= self.cfg.stream_buffer_tokens and not self.tier.judges_whole_answer:
+            # judged on the buffer: full, or held long enough (checked as tokens come: a
+            # stream that stalls is judged on its next token, or fails on its read timeout)
+            if bounded and (parts.n >= cfg.stream_buffer_tokens
+                            or (enough and time.perf_counter() >= deadline)):
                 break
         text = "".join(d.text for d in self.buffered) if finish is not None else None
         if finish is not None and self.tier.judges_whole_answer:

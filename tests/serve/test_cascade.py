@@ -196,3 +196,19 @@ async def test_a_gated_attempt_stays_gated(settings_factory: SettingsFactory,
     out = (await cascade.run(REQ, prompt_text="gibberish")).outcome
     assert [a.outcome for a in out.attempts] == ["gated", "answered"]
     assert out.attempts[0].reason == "prompt_gate"
+
+
+async def test_after_the_time_bound_a_stream_is_judged_on_what_came(
+        settings_factory: SettingsFactory) -> None:
+    """What the bound costs: an answer that turns bad after it is no longer escalated."""
+    lps = [-0.1] * 6 + [-5.0] * 6
+    tokens = [f" s{i}" for i in range(12)]
+
+    async def tier_of(bound_s: float) -> str:
+        small = FakeBackend("fake-small", tokens=tokens, logprob=lps, delay_s=0.05)
+        cascade, _, _ = make(settings_factory(escalate_below=-1.0, cascade={
+            "stream_buffer_seconds": bound_s}), small)
+        return (await collect(cascade))[0].tier.name
+
+    assert await tier_of(10.0) == "large"  # early escalation on the bad tokens
+    assert await tier_of(0.15) == "small"  # judged on its first 4-5 tokens, then flushed
