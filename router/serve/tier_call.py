@@ -173,6 +173,7 @@ class TierCall(ABC):
 
     request: GenerationRequest
     probe_usage: Usage | None = None  # tokens the confidence probes spent on this call
+    accounted: bool = False  # its tokens and cost are counted (Cascade._account)
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier

@@ -251,6 +251,10 @@ async def completions(request: Request) -> Response:
                 "id": rid, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop",
                              "stop_reason": None}]})) + b"\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield b"data: " + orjson.dumps(_break(model, {
+                    "id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [], "usage": usage(len(_tokens(model)))})) + b"\n\n"
             yield b"data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
     tokens = _tokens(model)
