@@ -188,8 +188,12 @@ class CascadeConfig(_Strict):
     escalate_on_empty: bool = True
     degraded_fallback: bool = True
     # streaming: tier k's first tokens are held back while its running confidence is checked;
-    # the answer is committed (flushed) after `stream_buffer_tokens` or at its end
+    # the buffer is judged (and, accepted, flushed) after `stream_buffer_tokens`, at the answer's
+    # end, or once `stream_buffer_seconds` have passed since its first token (with at least
+    # `stream_min_tokens` in), whichever comes first: a slow tier holds the first byte that
+    # long at most. A policy that judges the whole answer (probes, answer text) waits for it.
     stream_buffer_tokens: int = Field(32, ge=1)
+    stream_buffer_seconds: float = Field(1.0, gt=0)
     stream_min_tokens: int = Field(4, ge=1)  # no early escalation on fewer tokens
 
 

@@ -11,9 +11,10 @@ the last tier's (empty, truncated, then the policy), and the loop escalates or c
 
 Streaming with early escalation: tier k streams into a buffer; from `stream_min_tokens` on, the
 running confidence of the buffered tokens is checked after every delta and the tier is aborted
-(its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens` (or
-at the end of the answer) the buffer is judged like a whole answer, then flushed and the rest
-streams straight through.
+(its iterator closed) the moment it falls below the threshold. After `stream_buffer_tokens`,
+`stream_buffer_seconds` after its first token, or at the end of the answer (whichever comes
+first; a confidence that needs the whole answer waits for its end) the buffer is judged like a
+whole answer, then flushed and the rest streams straight through.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Cascade:
 
     def _account(self, call: TierCall, usage: Usage | None, n_tokens: int) -> None:
         tier, attempt = call.tier, call.attempt
+        call.accounted = True
         attempt.latency_s = time.perf_counter() - call.started
         pt = usage.prompt_tokens if usage else 0
         ct = usage.completion_tokens if usage else n_tokens
@@ -212,10 +214,11 @@ class Cascade:
         return "low_confidence" if escalate else None
 
     def _settle(self, out: Outcome, call: TierCall) -> None:
-        """The answering tier has delivered: account for it (a degraded answer was accounted
-        when it was rejected), score it if nothing judged it (the last tier), close the books."""
+        """The answering tier has delivered: account for it (unless it was when it was
+        rejected: a degraded answer), score it if nothing judged it (the last tier, or a tier
+        asked again for a degraded answer), close the books."""
         usage = call.usage
-        if not out.degraded:
+        if not call.accounted:
             self._account(call, usage, call.n_tokens)
             if call.attempt.outcome == "answered":
                 lp = call.logprobs
@@ -262,12 +265,12 @@ class Cascade:
         """THE tier loop of `run` and `stream`: call each tier of the plan in turn; judge every
         answer but the last tier's; escalate on a failure or a rejection, else commit.
 
-        Returns the call that answers (accepted, the last tier, or with `degraded_fallback` the
-        best rejected whole answer once every later tier failed) with `out.tier` set; raises
-        the last tier's error when there is none. A rejected or failed call is closed here; the
-        returned one is the caller's to deliver, `_settle` and close.
+        Returns the call that answers (accepted, the last tier, or with `degraded_fallback` a
+        rejected tier's answer once every later tier failed: `_fall_back`) with `out.tier` set;
+        raises the last tier's error when there is none. A rejected or failed call is closed
+        here; the returned one is the caller's to deliver, `_settle` and close.
         """
-        rejected: list[Call] = []
+        rejected: list[tuple[Call, bool]] = []  # (call, its whole answer was received)
         err: RouterError | None = None
         for tier in plan:
             last = tier is plan[-1]
@@ -303,16 +306,42 @@ class Cascade:
             await call.aclose()
             self._account(call, got.usage, len(got.logprobs))
             self._escalate(out, tier, call.attempt, reason)
-            if got.complete:
-                rejected.append(call)
+            rejected.append((call, got.complete))
         if rejected and self.settings.cascade.degraded_fallback:
-            best = max(rejected, key=lambda c: rank(c.attempt.score))
-            out.tier, out.degraded = best.tier, True
+            return await self._fall_back(rejected, out, start)
+        assert err is not None
+        raise err
+
+    async def _fall_back(self, rejected: list[tuple[Call, bool]], out: Outcome,
+                         start: Callable[[Tier], Call]) -> Call:
+        """Every later tier failed: serve a rejected answer, marked degraded. The best whole
+        one by score, as it came (`run`'s answers are all whole). A stream rejected on its first
+        tokens was closed then (early escalation frees the tier at once; a rejected stream kept
+        open would spend the tier's time on every escalation, and hold a single-engine tier),
+        so there is only a partial answer: the best such tier is asked again and its new answer
+        is served unjudged, like a last tier's. Raises that call's error if it fails too."""
+        whole = [c for c, complete in rejected if complete]
+        best = max(whole or [c for c, _ in rejected], key=lambda c: rank(c.attempt.score))
+        out.tier, out.degraded = best.tier, True
+        if whole:
             log.warning("every higher tier failed; serving tier %s's answer (degraded)",
                         best.tier.name)
             return best
-        assert err is not None
-        raise err
+        log.warning("every higher tier failed; asking tier %s again for a whole answer "
+                    "(degraded)", best.tier.name)
+        call = start(best.tier)
+        out.attempts.append(call.attempt)
+        try:
+            await call.receive(judged=False)
+        except Exception as exc:
+            await call.aclose()
+            err = _as_router_error(exc, best.tier)
+            self._failed(best.tier, call.attempt, err, call.started)
+            raise err from None
+        except BaseException:  # cancelled, or the client went away
+            await call.aclose()
+            raise
+        return call
 
     def _start(self, direct: Tier | None) -> tuple[list[Tier], Outcome]:
         plan = [direct] if direct is not None else list(self.tiers)

@@ -40,6 +40,7 @@ from router.errors import (
     RequestTimeoutError,
     RouterError,
 )
+from router.serve.disconnect import ClientDisconnected
 
 log = logging.getLogger("router.serve")
 
@@ -48,10 +49,6 @@ OPS_PATHS = frozenset({"/metrics", "/openapi.json"})  # need a key with ops_requ
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
              "/v1/models": "models"}
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before its request body was complete."""
 
 
 def new_request_id() -> str:
@@ -154,7 +151,12 @@ class ProtectionMiddleware:
                 except RequestTimeoutError as exc:
                     rejected = "body_timeout", exc
             if rejected is None:
-                await self._admitted_call(scope, _replay(body, receive), send_wrapper)
+                try:
+                    await self._admitted_call(scope, _replay(body, receive), send_wrapper)
+                except ClientDisconnected:
+                    status["code"] = CLIENT_CLOSED
+                    log.info("%s %s: the client left before its answer; its work was "
+                             "cancelled [%s]", scope["method"], scope["path"], rid)
             else:
                 await self._refuse(send_wrapper, *rejected, rid)
         finally:

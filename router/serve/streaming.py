@@ -4,17 +4,18 @@ Starlette's `StreamingResponse` runs each stream in an anyio task group, with a 
 listening for the client's disconnect and cancel-scope machinery to stop the first (py-spy: about
 a sixth of the CPU of a 16-token stream through the router, under uvicorn, whose ASGI spec 2.3
 makes Starlette take that path). Here the request's own task sends, and one plain asyncio task
-waits for `http.disconnect` and cancels it: a client that goes away still stops the cascade (and
-so the upstream) at once.
+waits for `http.disconnect` and cancels it (`router.serve.disconnect`): a client that goes away
+still stops the cascade (and so the upstream) at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from router.serve.disconnect import ClientDisconnected, cancelled_on_disconnect
 
 
 class EventStreamResponse(Response):
@@ -28,32 +29,15 @@ class EventStreamResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sender = asyncio.current_task()
-        assert sender is not None
-        gone = streaming = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            if streaming:  # the cancellation lands on one of the loop's awaits below
-                sender.cancel()
-
-        watcher = asyncio.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
-            streaming = True
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            streaming = False
+            async with cancelled_on_disconnect(receive):
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            sender.uncancel()  # the client left: nothing more to send, not an error
+        except ClientDisconnected:
+            pass  # the client left mid-stream: nothing more to send, not an error
         finally:
-            streaming = False
-            watcher.cancel()
             await self.body_iterator.aclose()

@@ -3,9 +3,10 @@
     Tier, Attempt            a tier of the cascade; one call of it (a decision-log entry)
     Received                 as much of an answer as the cascade has when it judges it
     WholeAnswer              `run`: the whole Generation is what is received
-    StreamedAnswer           `stream`: deltas are buffered until the buffer is full, the answer
-                             ends or the running confidence early-escalates (a confidence that
-                             needs probes waits for the whole answer); `rest` streams on
+    StreamedAnswer           `stream`: deltas are buffered until the buffer is full or held
+                             `stream_buffer_seconds`, the answer ends or the running confidence
+                             early-escalates (a confidence that needs probes waits for the whole
+                             answer); `rest` streams on
     Running                  a stream's running confidence: O(delta) per token for the
                              signals running sums give (`scoring.RunningSignal`), else the
                              scorer on a `TokenBuffer` of the tokens so far
@@ -214,6 +215,7 @@ class TierCall(ABC):
     request: GenerationRequest
     probe_usage: Usage | None = None  # tokens the confidence probes spent on this call
     _question: str | None = None
+    accounted: bool = False  # its tokens and cost are counted (Cascade._account)
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
@@ -301,7 +303,12 @@ class StreamedAnswer(TierCall):
         assert decider is not None
         running = tier.running(self.question)
         n = 0
+        # a confidence that needs probes is judged on the whole answer: the probes ask the same
+        # tier again, which a single-engine backend (llama.cpp) serves only once this stream is
+        # over, and the rule was fitted on whole answers; neither bound applies to it
+        bounded = not tier.judges_whole_answer
         finish: str | None = None
+        deadline = math.inf  # stream_buffer_seconds after the first token
         async for delta in self._it:
             self.buffered.append(delta)
             running.add(delta.logprobs)
@@ -309,13 +316,15 @@ class StreamedAnswer(TierCall):
             if delta.finish_reason is not None:
                 finish = delta.finish_reason
                 break
-            if n >= cfg.stream_min_tokens and early_escalates(running.value(),
-                                                              decider.threshold):
+            if deadline == math.inf and n:
+                deadline = time.perf_counter() + cfg.stream_buffer_seconds
+            enough = n >= cfg.stream_min_tokens  # no judgement on fewer tokens
+            if enough and early_escalates(running.value(), decider.threshold):
                 break  # early escalation: judged (and rejected) on what came so far
-            # a confidence that needs probes is judged on the whole answer: the probes ask the
-            # same tier again, which a single-engine backend (llama.cpp) serves only once this
-            # stream is over, and the rule was fitted on whole answers
-            if n >= cfg.stream_buffer_tokens and not tier.judges_whole_answer:
+            # judged on the buffer: full, or held long enough (checked as tokens come: a
+            # stream that stalls is judged on its next token, or fails on its read timeout)
+            if bounded and (n >= cfg.stream_buffer_tokens
+                            or (enough and time.perf_counter() >= deadline)):
                 break
         text = "".join(d.text for d in self.buffered) if finish is not None else None
         if finish is not None and tier.judges_whole_answer:

@@ -3,7 +3,8 @@
 Behaviour is picked by the requested model name:
     ok / ok-low    a normal answer (token logprob -0.05 / -4.0)
     error500       500 with vLLM's error body
-    slow           sleeps 5 s before answering (for timeouts)
+    slow           sleeps 5 s before answering (for timeouts); stops, and appends to ABANDONED,
+                   when its client leaves first
     badjson        200 with a body that is not JSON
     cutstream      streams two chunks, then drops the connection without [DONE]
     flaky          503 on every other call (retries)
@@ -11,6 +12,8 @@ Behaviour is picked by the requested model name:
     bad-<case>     a 200 answer broken as MALFORMED[case] says (body and every stream chunk)
     varied         a normal answer whose token logprob is read from the prompt: the number
                    after `logprob=` in it (-0.05 when there is none)
+    trickle        a confident answer of TRICKLE_TOKENS tokens, one every `delay=` seconds (the
+                   number after `delay=` in the prompt; 0.05 when there is none)
 
 Every request body is appended to RECEIVED (the tests read what reached the upstream).
 """
@@ -31,7 +34,9 @@ from starlette.routing import Route
 
 TOKENS = ["The", " answer", " is", " 42", "."]
 HUGE_BYTES = 1 << 20
+TRICKLE_TOKENS = [f" w{i}" for i in range(20)]
 RECEIVED: list[dict[str, Any]] = []
+ABANDONED: list[str] = []  # the models whose client left before they answered
 _CALLS: dict[str, int] = {}
 
 
@@ -86,8 +91,9 @@ MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
     "usage-list": lambda c: None,  # the answer's usage, not a choice: see _break
 }
 MODELS = ["ok", "ok-low", "error500", "slow", "badjson", "cutstream", "flaky", "huge", "varied",
-          *(f"bad-{case}" for case in MALFORMED)]
+          "trickle", *(f"bad-{case}" for case in MALFORMED)]
 _LOGPROB_IN_PROMPT = re.compile(r"logprob=(-?[0-9.]+)")
+_DELAY_IN_PROMPT = re.compile(r"delay=([0-9.]+)")
 
 
 def _lp(model: str, body: dict[str, Any] | None = None) -> float:
@@ -97,7 +103,17 @@ def _lp(model: str, body: dict[str, Any] | None = None) -> float:
     return -4.0 if model == "ok-low" else -0.05
 
 
+def _delay(model: str, body: dict[str, Any]) -> float:
+    """Seconds before each streamed token (`trickle` only)."""
+    if model != "trickle":
+        return 0.0
+    found = _DELAY_IN_PROMPT.search(str(body.get("messages") or body.get("prompt")))
+    return float(found.group(1)) if found else 0.05
+
+
 def _tokens(model: str) -> list[str]:
+    if model == "trickle":
+        return TRICKLE_TOKENS
     if model == "huge":  # about HUGE_BYTES of text, in 64 KiB tokens
         return ["x" * (64 << 10)] * (HUGE_BYTES // (64 << 10) + 1)
     return TOKENS
@@ -141,14 +157,18 @@ def _break(model: str, obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-async def _misbehave(model: str) -> Response | None:
+async def _misbehave(model: str, request: Request) -> Response | None:
     _CALLS[model] = _CALLS.get(model, 0) + 1
     if model == "error500":
         return JSONResponse(error_body("EngineCore encountered an issue.", 500), status_code=500)
     if model == "flaky" and _CALLS[model] % 2 == 1:
         return JSONResponse(error_body("warming up", 503), status_code=503)
     if model == "slow":
-        await asyncio.sleep(5)
+        for _ in range(100):  # 5 s, unless the client leaves first
+            if await request.is_disconnected():
+                ABANDONED.append(model)
+                return Response(status_code=499)
+            await asyncio.sleep(0.05)
     if model == "badjson":
         return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
     return None
@@ -158,11 +178,12 @@ async def chat(request: Request) -> Response:
     body = await request.json()
     RECEIVED.append(body)
     model = body["model"]
-    bad = await _misbehave(model)
+    bad = await _misbehave(model, request)
     if bad is not None:
         return bad
     k = int(body.get("top_logprobs") or 0)
     lp = _lp(model, body)
+    delay = _delay(model, body)
     rid, created = "chatcmpl-fake", int(time.time())
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:
@@ -175,6 +196,8 @@ async def chat(request: Request) -> Response:
             for i, tok in enumerate(_tokens(model)):
                 if model == "cutstream" and i == 2:
                     raise RuntimeError("connection dropped")  # uvicorn closes mid-body
+                if delay:
+                    await asyncio.sleep(delay)
                 yield chunk([{"index": 0, "delta": {"content": tok},
                               "logprobs": None if model == "huge"
                               else {"content": [chat_lp_entry(tok, lp, k)]},
@@ -182,10 +205,11 @@ async def chat(request: Request) -> Response:
             yield chunk([{"index": 0, "delta": {"content": ""}, "logprobs": None,
                           "finish_reason": "stop", "stop_reason": None}])
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield chunk([], usage=usage(len(TOKENS)))
+                yield chunk([], usage=usage(len(_tokens(model))))
             yield b"data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
     tokens = _tokens(model)
+    await asyncio.sleep(delay * len(tokens))
     return JSONResponse(_break(model, {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
@@ -201,11 +225,12 @@ async def completions(request: Request) -> Response:
     body = await request.json()
     RECEIVED.append(body)
     model = body["model"]
-    bad = await _misbehave(model)
+    bad = await _misbehave(model, request)
     if bad is not None:
         return bad
     k = int(body.get("logprobs") or 0)
     lp = _lp(model, body)
+    delay = _delay(model, body)
     rid, created = "cmpl-fake", int(time.time())
     if body.get("stream"):
         async def events() -> AsyncIterator[bytes]:
@@ -213,6 +238,8 @@ async def completions(request: Request) -> Response:
             for i, tok in enumerate(_tokens(model)):
                 if model == "cutstream" and i == 2:
                     raise RuntimeError("connection dropped")
+                if delay:
+                    await asyncio.sleep(delay)
                 yield b"data: " + orjson.dumps(_break(model, {
                     "id": rid, "object": "text_completion", "created": created, "model": model,
                     "choices": [{"index": 0, "text": tok,
@@ -224,9 +251,14 @@ async def completions(request: Request) -> Response:
                 "id": rid, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop",
                              "stop_reason": None}]})) + b"\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield b"data: " + orjson.dumps(_break(model, {
+                    "id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [], "usage": usage(len(_tokens(model)))})) + b"\n\n"
             yield b"data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
     tokens = _tokens(model)
+    await asyncio.sleep(delay * len(tokens))
     return JSONResponse(_break(model, {
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": "".join(tokens),

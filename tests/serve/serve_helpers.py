@@ -4,12 +4,15 @@ a thread on a free loopback port. Fixtures built on them live in conftest.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import orjson
 import yaml
 
 from router.backends.base import (
@@ -44,6 +47,7 @@ class FakeBackend:
     finish: str = "stop"
     delay_s: float = 0.0
     fail_after: int | None = None  # stream: raise `error` after this many deltas
+    fail_from_call: int | None = None  # `error` only from this call on (1 = the first)
     calls: int = 0
     closed_early: int = 0
     score_logprob: float = -1.0
@@ -51,6 +55,11 @@ class FakeBackend:
     @property
     def model_id(self) -> str:
         return self.model
+
+    @property
+    def _failing(self) -> bool:
+        return self.error is not None and (self.fail_from_call is None
+                                           or self.calls >= self.fail_from_call)
 
     def _lps(self) -> list[float]:
         if isinstance(self.logprob, list):
@@ -61,7 +70,8 @@ class FakeBackend:
         self.calls += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self.error is not None:
+        if self._failing:
+            assert self.error is not None
             raise self.error
         lp = token_lp(self._lps(), self.tokens)
         return Generation(self.model, "".join(self.tokens), self.finish,  # type: ignore[arg-type]
@@ -72,11 +82,12 @@ class FakeBackend:
         self.calls += 1
         finished = False
         try:
-            if self.error is not None and self.fail_after is None:
+            if self._failing and self.fail_after is None:
+                assert self.error is not None
                 raise self.error
             lps = self._lps()
             for i, tok in enumerate(self.tokens):
-                if self.fail_after is not None and i >= self.fail_after:
+                if self.fail_after is not None and i >= self.fail_after and self._failing:
                     assert self.error is not None
                     raise self.error
                 if self.delay_s:
@@ -98,6 +109,13 @@ class FakeBackend:
 
     async def aclose(self) -> None:
         pass
+
+
+def http_tier(model: str, url: str, **options: Any) -> dict[str, Any]:
+    """An `openai_http` tier on the fake vLLM (tests/serve/fake_vllm.py) at `url`, named
+    `t-<model>`."""
+    return {"name": f"t-{model}", "backend": "openai_http", "base_url": url, "model": model,
+            "timeout_s": 5.0, "connect_timeout_s": 1.0, "max_retries": 1, **options}
 
 
 def write_policy(tmp: Path, name: str, rule: dict[str, Any],
@@ -125,3 +143,50 @@ def make_settings(tmp: Path, *, escalate_below: float = -1.0, tiers: list[dict[s
     return s.model_copy(update={"source": tmp / "config.yaml"})
 
 
+
+
+@dataclass
+class Answer:
+    """What a client got: status, headers, the answer's text (a stream's deltas joined), the
+    error body or event, and the seconds to the first byte of answer text."""
+
+    status: int
+    headers: httpx.Headers
+    text: str
+    error: dict[str, Any] | None
+    first_text_s: float | None
+
+
+def ask(base: str, content: str, *, chat: bool = True, stream: bool = False,
+        model: str = "cascade", timeout: float = 30.0) -> Answer:
+    """One request to a router on loopback, read to its end."""
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body: dict[str, Any] = {"model": model, "max_tokens": 32, "stream": stream}
+    if chat:
+        body["messages"] = [{"role": "user", "content": content}]
+    else:
+        body["prompt"] = content
+    started = time.perf_counter()
+    first: float | None = None
+    texts: list[str] = []
+    error: dict[str, Any] | None = None
+    with httpx.stream("POST", base + path, json=body, timeout=timeout) as r:
+        if not stream or r.status_code != 200:
+            data = orjson.loads(r.read())
+            error = data.get("error")
+            for c in data.get("choices") or []:
+                texts.append((c.get("message") or {}).get("content") or c.get("text") or "")
+        else:
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = orjson.loads(line[6:])
+                error = event.get("error", error)
+                for c in event.get("choices") or []:
+                    piece = (c.get("delta") or {}).get("content") or c.get("text") or ""
+                    if piece and first is None:
+                        first = time.perf_counter() - started
+                    texts.append(piece)
+    if not stream and texts:
+        first = time.perf_counter() - started
+    return Answer(r.status_code, r.headers, "".join(texts), error, first)

@@ -196,3 +196,51 @@ async def test_a_gated_attempt_stays_gated(settings_factory: SettingsFactory,
     out = (await cascade.run(REQ, prompt_text="gibberish")).outcome
     assert [a.outcome for a in out.attempts] == ["gated", "answered"]
     assert out.attempts[0].reason == "prompt_gate"
+
+
+async def test_an_early_escalated_stream_degrades_to_a_fresh_whole_answer(
+        settings_factory: SettingsFactory) -> None:
+    """Tier 0's stream was closed on its first tokens; when the last tier fails, tier 0 is asked
+    again and its whole answer streams, marked degraded, as `run` serves its whole answer."""
+    tokens = [f" s{i}" for i in range(10)]
+    small = FakeBackend("fake-small", tokens=tokens, logprob=-3.0)
+    large = FakeBackend("fake-large", error=UpstreamError("down"))
+    settings = settings_factory(escalate_below=-1.0)
+    ran = (await make(settings, small, large)[0].run(REQ)).outcome
+    streamed, text, _ = await collect(make(settings, small, large)[0])
+    assert text == "".join(tokens)
+    assert (streamed.tier.name, streamed.degraded, streamed.reason, streamed.confidence) == (
+        ran.tier.name, ran.degraded, ran.reason, ran.confidence) == ("small", True,
+                                                                    "low_confidence", -3.0)
+    assert _trace(streamed)[:2] == _trace(ran)
+    assert streamed.attempts[0].completion_tokens == 4  # judged and closed on 4 tokens
+    fresh = streamed.attempts[2]
+    assert (fresh.tier, fresh.outcome, fresh.completion_tokens) == ("small", "answered", 10)
+    assert fresh.cost_usd > 0
+
+
+async def test_a_degraded_stream_whose_fresh_answer_fails_raises(
+        settings_factory: SettingsFactory) -> None:
+    small = FakeBackend("fake-small", tokens=[f" s{i}" for i in range(10)], logprob=-3.0,
+                        error=UpstreamError("tier 0 down too"), fail_from_call=2)
+    large = FakeBackend("fake-large", error=UpstreamError("down"))
+    cascade, _, _ = make(settings_factory(escalate_below=-1.0), small, large)
+    with pytest.raises(UpstreamError, match="tier 0 down too"):
+        await collect(cascade)
+    assert small.calls == 2
+
+
+async def test_after_the_time_bound_a_stream_is_judged_on_what_came(
+        settings_factory: SettingsFactory) -> None:
+    """What the bound costs: an answer that turns bad after it is no longer escalated."""
+    lps = [-0.1] * 6 + [-5.0] * 6
+    tokens = [f" s{i}" for i in range(12)]
+
+    async def tier_of(bound_s: float) -> str:
+        small = FakeBackend("fake-small", tokens=tokens, logprob=lps, delay_s=0.05)
+        cascade, _, _ = make(settings_factory(escalate_below=-1.0, cascade={
+            "stream_buffer_seconds": bound_s}), small)
+        return (await collect(cascade))[0].tier.name
+
+    assert await tier_of(10.0) == "large"  # early escalation on the bad tokens
+    assert await tier_of(0.15) == "small"  # judged on its first 4-5 tokens, then flushed

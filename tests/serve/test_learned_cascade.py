@@ -232,3 +232,18 @@ def test_a_gain_target_learns_where_escalation_pays(tmp_path: Path,
     report = evaluate(records, policies=[out["correct"], out["gain"]])
     area = {t: report["signals"][f"policy:{out[t].name}"]["area"] for t in out}
     assert area["gain"] > area["correct"]
+
+
+async def test_the_time_bound_does_not_cut_a_whole_answer_policy_short(
+        learned: tuple[Path, Path], tmp_path: Path) -> None:
+    """A slow stream under a policy that reads the whole answer still waits for its end."""
+    _, path = learned
+    settings = make_settings(tmp_path, cascade={"policy": str(path), "stream_buffer_tokens": 2,
+                                                "stream_buffer_seconds": 0.01})
+    small = FakeBackend("fake-small", tokens=["a"] * 5, logprob=-0.05, score_logprob=-0.6,
+                        delay_s=0.05)
+    cascade = Cascade(settings, {"small": small, "large": FakeBackend("fake-large")})
+    items = [x async for x in cascade.stream(REQ)]
+    outcome = items[0]
+    assert outcome.attempts[0].features["answer_tokens"] == 5.0  # not the tokens of 0.01 s
+    assert outcome.attempts[0].probe_tokens == 4 and small.closed_early == 0

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 from fake_vllm import HUGE_BYTES, MALFORMED, TOKENS, fake_vllm_app
+from serve_helpers import http_tier as tier
 from serve_helpers import make_settings
 
 from router.serve import create_app
@@ -30,11 +31,6 @@ COMPLETION = {"prompt": "hi", "max_tokens": 8, "logprobs": 2}
 def upstream() -> Iterator[ServerThread]:
     with ServerThread(fake_vllm_app()) as s:
         yield s
-
-
-def tier(model: str, url: str) -> dict[str, Any]:
-    return {"name": f"t-{model}", "backend": "openai_http", "base_url": url, "model": model,
-            "timeout_s": 5.0, "connect_timeout_s": 1.0, "max_retries": 1}
 
 
 @pytest.fixture(scope="module")
