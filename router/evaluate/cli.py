@@ -38,9 +38,11 @@ def add_parser(subparsers: Any) -> None:
                         "strings, capitals, support) or heldout (word problems, facts, yes/no, "
                         "letters, other support intents), to test generalisation")
     p.add_argument("--cv", type=int, default=None, metavar="K",
-                   help="also fit a learned rule on this data and report its K-fold "
-                        "out-of-fold signal (learned_cvK): each prompt scored by a rule that "
-                        "never saw it")
+                   help="also fit learned rules on this data and report their K-fold "
+                        "out-of-fold signals (learned_cvK; with words of the question and "
+                        "answer, learned_text_cvK; with the gain target, "
+                        "learned_text_gain_cvK): each prompt scored by rules that never saw "
+                        "it (folds grouped by prompt, repeated 5 times)")
     p.add_argument("--rerun-tier", type=int, default=None, metavar="T",
                    help="with --recorded: answer (and probe) again with tier T only, keep the "
                         "other tiers' recorded answers")
