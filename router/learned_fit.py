@@ -16,6 +16,7 @@ learned from the training rows only (per fold, too).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,25 +119,9 @@ def _standardise(x: Matrix, center: npt.NDArray[np.float64],
     return np.where(np.isfinite(z), z, 0.0)
 
 
-@dataclass(frozen=True)
-class _Fitted:
-    center: npt.NDArray[np.float64]
-    scale: npt.NDArray[np.float64]
-    weights: npt.NDArray[np.float64]
-    intercept: float
-    text: tuple[TextBlock, ...]
-
-    def score(self, x: Matrix, texts: Sequence[Texts] | None) -> npt.NDArray[np.float64]:
-        out = _standardise(x, self.center, self.scale) @ self.weights + self.intercept
-        if self.text:
-            assert texts is not None
-            out = out + np.array([sum(b.score(t.get(b.field, "")) for b in self.text)
-                                  for t in texts])
-        return np.asarray(out, dtype=np.float64)
-
-
-def _fit_weights(x: Matrix, y: npt.NDArray[np.bool_], c: float,
-                 texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT) -> _Fitted:
+def _fit_weights(x: Matrix, y: npt.NDArray[np.bool_], features: Sequence[str], c: float,
+                 texts: Sequence[Texts] | None = None, text: TextFit = NO_TEXT
+                 ) -> LearnedSignal:
     from sklearn.linear_model import LogisticRegression
 
     center, scale = standardisation(x)
@@ -160,7 +145,9 @@ def _fit_weights(x: Matrix, y: npt.NDArray[np.bool_], c: float,
         at += len(vocab)
         fitted_blocks.append(TextBlock(f, text.ngrams, text.scale, idf,
                                        {t: float(v) for t, v in zip(vocab, w, strict=True)}))
-    return _Fitted(center, scale, coef[:d], float(model.intercept_[0]), tuple(fitted_blocks))
+    return LearnedSignal(tuple(features), tuple(float(v) for v in center),
+                         tuple(float(v) for v in scale), tuple(float(v) for v in coef[:d]),
+                         float(model.intercept_[0]), {}, tuple(fitted_blocks))
 
 
 def _check(x: Matrix, y: npt.NDArray[np.bool_], features: Sequence[str], folds: int,
@@ -207,8 +194,8 @@ def out_of_fold(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
                     StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
                         x, y, keys))
         for train, test in splitter:
-            fit = _fit_weights(x[train], y[train], c, _rows(texts, train), text)
-            total[test] += fit.score(x[test], _rows(texts, test))
+            fit = _fit_weights(x[train], y[train], features, c, _rows(texts, train), text)
+            total[test] += fit.score_matrix(x[test], _rows(texts, test))
     return total / repeats
 
 
@@ -223,9 +210,9 @@ def fit_learned(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
     _check(x, y, features, folds, texts, text)
     cv = out_of_fold(x, y, features, c=c, folds=folds, seed=seed, texts=texts, text=text,
                      groups=groups)
-    fit = _fit_weights(x, y, c, texts, text)
+    fit = _fit_weights(x, y, features, c, texts, text)
     cv_auc = auroc(cv, y.astype(np.float64))
-    train = fit.score(x, texts)
+    train = fit.score_matrix(x, texts)
     fitted = {**(meta or {}), "n": len(y), "n_correct": int(y.sum()),
               "method": "logistic_regression_l2", "C": c, "folds": folds,
               "repeats": DEFAULT_REPEATS,
@@ -233,10 +220,7 @@ def fit_learned(x: Matrix, correct: npt.ArrayLike, features: Sequence[str], *,
               "train_auroc": round(float(auroc(train, y.astype(np.float64))), 6)}
     if text.fields:
         fitted["text"] = text.describe()
-    signal = LearnedSignal(tuple(features), tuple(float(v) for v in fit.center),
-                           tuple(float(v) for v in fit.scale),
-                           tuple(float(v) for v in fit.weights), fit.intercept, fitted,
-                           fit.text)
+    signal = dataclasses.replace(fit, fitted=fitted)
     return LearnFit(signal, float(cv_auc), cv, float(fitted["train_auroc"]))
 
 

@@ -177,9 +177,8 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
     import os
 
     from router.evaluate.data import load_items, load_recorded
-    from router.evaluate.run import answer_all
-    from router.probes import needed_probes, probe_settings, question_of
-    from router.text_features import texts_of
+    from router.evaluate.run import answer_all, item_texts
+    from router.probes import needed_probes, probe_settings
 
     exclude = _prompts_in(args.exclude_prompts) if getattr(args, "exclude_prompts", None) \
         else frozenset()
@@ -195,7 +194,7 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
         last_ok = np.array([r.outputs[-1].correct for r in records], dtype=bool)
         rows = replace(rows, no_gain=rows.correct | ~last_ok)
         if texts:
-            rows = replace(rows, texts=[texts_of(question_of(request_for(r.item, 1)), o.text)
+            rows = replace(rows, texts=[item_texts(r.item, o.text)
                                         for r, o in zip(records, outs, strict=True)])
         return rows
     if args.log is not None:
@@ -240,7 +239,7 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
         outs = [_relabel(o, it.id, labels) for o, it in zip(outs, items, strict=True)]
     rows = rows_from_outputs(outs, features, data=data, max_tokens=max_tokens)
     if texts:
-        rows = replace(rows, texts=[texts_of(question_of(request_for(it, 1)), o.text)
+        rows = replace(rows, texts=[item_texts(it, o.text)
                                     for it, o in zip(items, outs, strict=True)])
     return rows
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from router.evaluate import metrics_math as mm
 from router.evaluate.data import Recorded
-from router.evaluate.run import request_for
+from router.evaluate.run import item_texts
 from router.learned import LearnedSignal, feature_matrix, feature_spec
 from router.learned_fit import (
     DEFAULT_C,
@@ -27,9 +27,8 @@ from router.learned_fit import (
     text_fit_of,
 )
 from router.policy import Policy
-from router.probes import PROBE_FEATURES, needed_probes, question_of
+from router.probes import PROBE_FEATURES, needed_probes
 from router.scoring import DEFAULT_SIGNALS, SCORER_VERSION, SignalSpec, score_sequences
-from router.text_features import texts_of
 
 EVAL_SIGNALS: tuple[SignalSpec, ...] = (
     *DEFAULT_SIGNALS,
@@ -79,8 +78,7 @@ def feature_cost(features: Sequence[str], costs: Mapping[str, tuple[float, float
 def record_texts(records: Sequence[Recorded], tier: int = 0) -> list[dict[str, str]]:
     """Each record's question (as `serve` reads it from the request) and the tier's answer:
     what a learned rule's text blocks read."""
-    return [texts_of(question_of(request_for(r.item, 1)), r.outputs[tier].text)
-            for r in records]
+    return [item_texts(r.item, r.outputs[tier].text) for r in records]
 
 
 def policy_scores(policy: Policy, records: Sequence[Recorded], tier: int = 0) -> np.ndarray:

@@ -13,8 +13,9 @@ from router.config import Settings, TierConfig
 from router.errors import RouterError
 from router.evalset import DEFAULT_MAX_TOKENS, EvalItem, check_answer
 from router.evaluate.data import Recorded, TierOutput
-from router.probes import PROBE_FEATURES, ProbeSettings, run_probes
+from router.probes import PROBE_FEATURES, ProbeSettings, question_of, run_probes
 from router.scoring import TokenLogprobs
+from router.text_features import texts_of
 
 TOP_K = 5
 
@@ -24,6 +25,12 @@ def request_for(item: EvalItem, max_tokens: int, top_k: int = TOP_K) -> Generati
     return GenerationRequest(messages=(ChatMessage("user", item.prompt),),
                              max_tokens=item.max_tokens or max_tokens, temperature=0.0,
                              top_logprobs=top_k)
+
+
+def item_texts(item: EvalItem, answer: str) -> dict[str, str]:
+    """The question (as `serve` reads it from this prompt's request) and an answer: what a
+    learned rule's text blocks read."""
+    return texts_of(question_of(request_for(item, 1)), answer)
 
 
 async def answer_all(items: Sequence[EvalItem], tier: TierConfig, backend: Backend, *,

@@ -80,6 +80,11 @@ class CascadeResult:
     generation: Generation
 
 
+def _answer_text(call: TierCall, got: Received) -> str:
+    """What the tier answered: the whole answer, or a stream's buffered first tokens."""
+    return got.text if got.text is not None else call.text_so_far
+
+
 def _as_router_error(exc: Exception, tier: Tier) -> RouterError:
     if isinstance(exc, RouterError):
         return exc
@@ -108,6 +113,9 @@ class Cascade:
             self.tiers.append(Tier(i, tc, backends[tc.name], plan.deciders[i],
                                    plan.policies[i].signal, probe_settings(cfg.probes)))
         self.gate: Decider | None = plan.gate
+        dl = settings.server.decision_log
+        #: the judged answer's text goes into the decision log (with the question) only then
+        self._log_text = dl is not None and dl.include_prompt
         for t in self.tiers:
             if t.decider is not None:
                 metrics.THRESHOLD.labels(t.name).set(t.decider.threshold)
@@ -178,7 +186,7 @@ class Cascade:
         """Run the confidence probes the tier's signal needs on what it answered (the whole
         answer, or a stream's buffered first tokens); their tokens are the tier's cost too."""
         tier, attempt = call.tier, call.attempt
-        gen = Generation(tier.model, got.text if got.text is not None else call.text_so_far,
+        gen = Generation(tier.model, _answer_text(call, got),
                          "length" if got.finish == "length" else "stop", got.logprobs,
                          got.usage or Usage(0, len(got.logprobs)))
         values, costs = await run_probes(tier.backend, call.request, gen, tier.probe_features,
@@ -205,9 +213,12 @@ class Cascade:
             attempt.threshold = tier.decider.threshold
             return "truncated"
         features = await self._probe(call, got) if tier.probe_features else {}
-        attempt.text = got.text if got.text is not None else call.text_so_far
-        score = self._score(tier, attempt, got.logprobs, features,
-                            texts_of(call.question, attempt.text) if tier.reads_text else None)
+        texts = None
+        if tier.reads_text or self._log_text:  # a stream's text is joined only then
+            text = _answer_text(call, got)
+            texts = texts_of(call.question, text) if tier.reads_text else None
+            attempt.text = text if self._log_text else None
+        score = self._score(tier, attempt, got.logprobs, features, texts)
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
         metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)

@@ -133,7 +133,7 @@ class Attempt:
     probe_tokens: int = 0  # extra tokens this tier spent on confidence probes (in cost_usd)
     probe_latency_s: float = 0.0
     features: dict[str, float | None] | None = None  # the values its confidence came from
-    text: str | None = None  # the answer it judged (logged only with include_prompt)
+    text: str | None = None  # the answer it judged (set only with include_prompt)
 
 
 def join_logprobs(parts: Sequence[TokenLogprobs]) -> TokenLogprobs:
