@@ -7,10 +7,14 @@ the timed part, except for `router-select`, which is the whole pipeline):
   embedded-single       LlamaEngine.score, one document per llama.cpp batch (the old path)
   embedded-packed       EmbeddedBackend.score as `router select` calls it (32 documents a call,
                         sorted by length, packed up to n_batch tokens per llama.cpp batch)
+  embedded-packed-f16   the same with the packaged Q4_1 tensors widened to float16
+                        (router/weights.py, `select.weights: f16`: what `router select` scores
+                        with by default; Q4_1 has no GEMM kernel on x86, F16 has one)
   embedded-packed-q8_0  the same on the packaged Q4_1 weights requantized to Q8_0 (llama.cpp's
-                        llama_model_quantize; Q4_1 has no GEMM kernel on x86, Q8_0 has one)
+                        llama_model_quantize; another GEMM type, but a second rounding)
   router-select         `router select` end to end (local engine, model load, both passes,
-                        every output) on the same documents as a JSONL file
+                        every output) on the same documents as a JSONL file, with the default
+                        config (F16 weights, converted before the run)
   transformers-single   Hugging Face transformers + torch float32, the packaged GGUF converted,
                         one document per forward pass (log_softmax + gather)
   transformers-batched  the same, 8 documents per forward pass (sorted by length, padded)
@@ -45,7 +49,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-SCORERS = ("embedded-single", "embedded-packed", "embedded-packed-q8_0", "router-select",
+SCORERS = ("embedded-single", "embedded-packed", "embedded-packed-f16", "embedded-packed-q8_0",
+           "router-select",
            "transformers-single", "transformers-batched", "vllm-cpu")
 HF_BATCH = 8
 SELECT_BATCH = 32  # ScorePlan.batch_size: documents per backend.score call in `router select`
@@ -158,13 +163,14 @@ def requantized_q8_0(src: Path) -> Path:
     return dst
 
 
-def work_embedded(texts: list[str], packed: bool, q8_0: bool = False) -> Work:
+def work_embedded(texts: list[str], packed: bool, weights: str = "file") -> Work:
     from router.backends._llama import LlamaEngine
     from router.models import resolve_packaged
+    from router.weights import with_weights
 
     path = resolve_packaged(MODEL)
-    engine = LlamaEngine(requantized_q8_0(path) if q8_0 else path, n_ctx=2048, n_batch=512,
-                         n_threads=THREADS)
+    path = requantized_q8_0(path) if weights == "q8_0" else with_weights(path, weights)  # type: ignore[arg-type]
+    engine = LlamaEngine(path, n_ctx=2048, n_batch=512, n_threads=THREADS)
     engine.score_many(texts[:2])  # warm-up: vocabulary table, first decodes
     sums: dict[str, float] = {}
     n_tokens = sum(len(engine.tokenize(t, add_bos=engine.add_bos)) - 1 for t in texts)
@@ -193,6 +199,10 @@ def work_select(texts: list[str]) -> Work:
     from router.select.plan import default_model
 
     model = default_model(load_settings(None))
+    from router.models import resolve_packaged
+    from router.weights import with_weights
+
+    with_weights(resolve_packaged(MODEL), "f16")  # the conversion is cached: outside the timing
     config = None
     if THREADS:  # the default config with every tier's n_threads set (beside config.yaml,
         raw = yaml.safe_load((ROOT / "config.yaml").read_text("utf-8"))  # for its paths)
@@ -282,7 +292,8 @@ def worker(name: str, texts_file: Path) -> None:
     works: dict[str, Callable[[], Work]] = {
         "embedded-single": lambda: work_embedded(texts, packed=False),
         "embedded-packed": lambda: work_embedded(texts, packed=True),
-        "embedded-packed-q8_0": lambda: work_embedded(texts, packed=True, q8_0=True),
+        "embedded-packed-f16": lambda: work_embedded(texts, packed=True, weights="f16"),
+        "embedded-packed-q8_0": lambda: work_embedded(texts, packed=True, weights="q8_0"),
         "router-select": lambda: work_select(texts),
         "transformers-single": lambda: work_transformers(texts, 1),
         "transformers-batched": lambda: work_transformers(texts, HF_BATCH),
@@ -408,9 +419,14 @@ def report(res: dict[str, Any]) -> str:
             diff = v.get("max_abs_diff_nats_per_byte", float("nan"))
             lines.append(f"{s:<22}{v['tokens_per_s']:>10.1f}{v['docs_per_s']:>9.2f}"
                          f"{v['peak_rss_mb']:>13.0f}{rel:>14.2f}x{rho:>10.4f}{diff:>16.5f}")
-        if "router-select" in per and "embedded-packed" in per:
-            ratio = per["router-select"]["tokens_per_s"] / per["embedded-packed"]["tokens_per_s"]
-            lines.append(f"router select / embedded-packed scorer = {ratio:.3f}")
+        if "router-select" in per and "embedded-packed-f16" in per:
+            ratio = (per["router-select"]["tokens_per_s"]
+                     / per["embedded-packed-f16"]["tokens_per_s"])
+            lines.append(f"router select / its scorer (embedded-packed-f16) = {ratio:.3f}")
+        if "embedded-packed-f16" in per and "embedded-packed" in per:
+            ratio = (per["embedded-packed-f16"]["tokens_per_s"]
+                     / per["embedded-packed"]["tokens_per_s"])
+            lines.append(f"embedded packed f16 / Q4_1 file = {ratio:.3f}")
         if "embedded-packed" in per and "embedded-single" in per:
             ratio = per["embedded-packed"]["tokens_per_s"] / per["embedded-single"]["tokens_per_s"]
             lines.append(f"embedded packed / single = {ratio:.3f}")

@@ -54,6 +54,7 @@ def build_backend(
                 n_threads=tier.n_threads,
                 score_window=tier.score_window,
                 score_stride=tier.score_stride,
+                weights=tier.weights,
             ),
             template,
         )

@@ -31,6 +31,7 @@ from router.errors import ConfigError, InputError
 from router.models import resolve_model_path
 from router.prompting import JinjaChatTemplate, PromptTemplate
 from router.scoring import TokenLogprobs
+from router.weights import Weights, with_weights
 
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class EmbeddedSettings:
     score_stride: int | None = None  # default: half the window
     score_top_k: int = 0
     seed: int = 0
+    weights: Weights = "file"  # "f16"/"f32": the file's tensors widened (router.weights)
 
 
 class EmbeddedBackend:
@@ -80,7 +82,8 @@ class EmbeddedBackend:
 
     def _load_sync(self) -> LlamaEngine:
         if self._engine is None:
-            path: Path = resolve_model_path(self.settings.model)
+            path: Path = with_weights(resolve_model_path(self.settings.model),
+                                      self.settings.weights)
             self._engine = LlamaEngine(
                 path,
                 n_ctx=self.settings.n_ctx,

@@ -36,6 +36,7 @@ class SelectOptions:
     read: ReadOptions = field(default_factory=ReadOptions)
     model: str | None = None  # tier name; default: select.model, else the first tier
     reference: str | None = None  # second tier for a difference rule
+    weights: Literal["tier", "file", "f16", "f32"] | None = None  # None: select.weights
     engine: Engine = "local"
     resume: bool = False
     order_by_score: bool = False

@@ -32,7 +32,7 @@ from router.select.emit import WriteShards
 from router.select.engines import open_engine
 from router.select.metrics_export import SelectMetrics
 from router.select.options import SelectOptions
-from router.select.plan import ScorePlan, default_model
+from router.select.plan import ScorePlan, default_model, scoring_weights
 from router.select.progress import Progress
 from router.select.sources import MARK_EVERY, Source, SourceIndex, expand_inputs, index_source
 from router.select.sources import source_of as _source_of
@@ -41,6 +41,7 @@ from router.select.summary import Report
 from router.select.tasks import gaps, plan_tasks
 from router.select.workdir import LoadScores, WorkDir
 from router.select.writers import WriteScores
+from router.weights import Weights
 
 Log = Callable[[str], None]
 
@@ -49,6 +50,9 @@ def make_plan(opts: SelectOptions, settings: Settings,
               backends: Mapping[str, Backend] | None = None) -> ScorePlan:
     model = opts.model or default_model(settings)
     settings.tier(model)  # a clear error for an unknown tier
+    if opts.weights is not None:
+        settings = settings.model_copy(update={
+            "select": settings.select.model_copy(update={"weights": opts.weights})})
     reference = opts.reference
     if reference is None and isinstance(opts.policy.rule, DifferenceRule):
         reference = opts.policy.rule.reference
@@ -69,7 +73,9 @@ def _fingerprint(sources: list[Source], plan: ScorePlan) -> dict[str, Any]:
     return {"inputs": [[s.path, Path(s.path).stat().st_size] for s in sources],
             "model": plan.model, "reference": plan.reference, "signal": plan.signal.key,
             "text_field": r.text_field, "id_field": r.id_field, "text_format": r.text_format,
-            "stratify": r.stratify}
+            "stratify": r.stratify,
+            "weights": [scoring_weights(plan.settings, plan.model),
+                        scoring_weights(plan.settings, plan.reference)]}
 
 
 def task_records(todo: int, workers: int) -> int:
@@ -92,14 +98,15 @@ def run_select(opts: SelectOptions, *, backends: Mapping[str, Backend] | None = 
     timing: dict[str, Any] = {"engine": "from-scores", "started": started}
     if opts.from_scores is not None:
         sources = _chunks_from_scores(opts, work)
-        model = None
+        model = weights = None
     else:
         plan = make_plan(opts, load_settings(opts.config), backends)
         model = plan.model
+        weights = scoring_weights(plan.settings, plan.model)
         sources = expand_inputs(opts.inputs)
         work.start(_fingerprint(sources, plan), resume=opts.resume)
         timing.update(_score(opts, plan, sources, work, exporter, log))
-    stats = _decide(opts, sources, work, model=model, timing=timing, log=log)
+    stats = _decide(opts, sources, work, model=model, weights=weights, timing=timing, log=log)
     work.remove()
     exporter.finish(stats["counts"], time.perf_counter() - started)
     return stats
@@ -117,6 +124,7 @@ def _score(opts: SelectOptions, plan: ScorePlan, sources: list[Source], work: Wo
     total = sum(i.count for i in indexes.values())
     if done:
         log(f"resuming: {total - todo} of {total} records are scored already, not rescored")
+    plan.prepare_weights()
     engine = open_engine(opts.engine, address=opts.ray_address, num_cpus=opts.ray_num_cpus)
     try:
         tasks = plan_tasks(sources, indexes, done,
@@ -141,7 +149,8 @@ def _check_scored(sources: list[Source], indexes: Mapping[int, SourceIndex],
 
 
 def decide_steps(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
-                 model: str | None, timing: dict[str, Any], log: Log) -> list[Step]:
+                 model: str | None, timing: dict[str, Any], log: Log,
+                 weights: Weights | None = None) -> list[Step]:
     """Pass 2: the scores in the work dir -> every output."""
     stratify = opts.read.stratify is not None
     where = str(opts.from_scores) if opts.from_scores else f"{opts.out}: the scores of this run"
@@ -151,7 +160,7 @@ def decide_steps(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
         Decide(opts.policy, stratify=stratify), WriteScores(opts.out),
         WriteShards(sources, opts.read, opts.out, column=decision_column(opts.policy),
                     shard_size=opts.shard_size, order_by_score=opts.order_by_score, log=log)]
-    run = {"model": model, "inputs": [s.path for s in sources],
+    run = {"model": model, "weights": weights, "inputs": [s.path for s in sources],
            "stratify": opts.read.stratify, "order": "score" if opts.order_by_score else "input",
            "from_scores": str(opts.from_scores) if opts.from_scores else None}
     return [*steps, Report(opts.out, opts.policy, upstream=steps, scored=work.totals(),
@@ -159,8 +168,9 @@ def decide_steps(opts: SelectOptions, sources: list[Source], work: WorkDir, *,
 
 
 def _decide(opts: SelectOptions, sources: list[Source], work: WorkDir, *, model: str | None,
-            timing: dict[str, Any], log: Log) -> dict[str, Any]:
-    steps = decide_steps(opts, sources, work, model=model, timing=timing, log=log)
+            weights: Weights | None, timing: dict[str, Any], log: Log) -> dict[str, Any]:
+    steps = decide_steps(opts, sources, work, model=model, weights=weights, timing=timing,
+                         log=log)
     for _ in pipe(steps, [work.chunks_table()]):
         pass
     report = steps[-1]

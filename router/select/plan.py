@@ -18,6 +18,7 @@ from router.select.readers import Read
 from router.select.scorer import Score, signal_specs
 from router.select.steps import Step
 from router.select.workdir import Checkpoint, WorkDir
+from router.weights import Weights
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,19 @@ class ScorePlan:
             return self.backends
         return build_select_backends(self.settings, self.model, self.reference,
                                      threads=self.threads)
+
+    def prepare_weights(self) -> None:
+        """Convert the embedded tiers' widened weights once, here, rather than in every
+        engine worker at the same time (router.weights caches the file)."""
+        if self.backends is not None:
+            return
+        from router.models import resolve_model_path
+        from router.weights import with_weights
+
+        for name in (self.model, self.reference):
+            weights = scoring_weights(self.settings, name)
+            if name is not None and weights not in (None, "file"):
+                with_weights(resolve_model_path(self.settings.tier(name).model), weights)
 
     def score_step(self) -> Score:
         backends = self.build_backends()
@@ -72,6 +86,8 @@ def build_select_backends(settings: Settings, model: str, reference: str | None 
                 "score_stride": sel.stride or tier.score_stride})
         if tier.backend == "embedded" and threads and getattr(tier, "n_threads", None) is None:
             tier = tier.model_copy(update={"n_threads": threads})
+        if tier.backend == "embedded" and sel.weights != "tier":
+            tier = tier.model_copy(update={"weights": sel.weights})
         out[name] = build_backend(tier, settings)
     return out
 
@@ -80,4 +96,14 @@ def default_model(settings: Settings) -> str:
     return settings.select.model or settings.tiers[0].name
 
 
-__all__ = ["ScorePlan", "build_select_backends", "default_model"]
+def scoring_weights(settings: Settings, tier_name: str | None) -> Weights | None:
+    """The weights an embedded tier scores with in `select` (None: not an embedded tier)."""
+    if tier_name is None:
+        return None
+    tier = settings.tier(tier_name)
+    if tier.backend != "embedded":
+        return None
+    return tier.weights if settings.select.weights == "tier" else settings.select.weights
+
+
+__all__ = ["ScorePlan", "build_select_backends", "default_model", "scoring_weights"]

@@ -133,6 +133,24 @@ def test_interrupt_then_resume_skips_finished_parts(tmp_path: Path, run_fake: Ru
     assert shard_rows(out, "kept") == shard_rows(tmp_path / "ref", "kept")
 
 
+def test_a_run_records_its_weights_and_does_not_resume_with_others(
+        tmp_path: Path, run_fake: Run) -> None:
+    """config.yaml's select.weights (f16) scores the embedded tier; --weights overrides it, and
+    scores of one kind are never mixed with another's on --resume."""
+    inputs = three_shards(tmp_path)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(inputs, out, backends={"small": FakeBackend(fail_after=17)}, shard_size=5,
+                 checkpoint_records=5)
+    run = json.loads((out / "_work" / "run.json").read_text())
+    assert run["weights"] == ["f16", None]  # the scoring tier's, no reference tier
+    with pytest.raises(Exception, match=r"cannot resume: weights changed .*'file'"):
+        run_fake(inputs, out, shard_size=5, resume=True, weights="file")
+    stats = run_fake(inputs, out, shard_size=5, resume=True)
+    assert stats["weights"] == "f16"
+    assert run_fake(inputs, tmp_path / "q", weights="file")["weights"] == "file"
+
+
 def test_difference_rule_with_reference(tmp_path: Path, run_fake: Run) -> None:
     from router.policy import DifferenceRule
 

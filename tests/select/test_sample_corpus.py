@@ -59,3 +59,4 @@ def test_sample_corpus_kept_set_is_mostly_prose(tmp_path: Path,
     for what in ("bad JSON", "missing field 'text'", "not UTF-8", "empty text"):
         assert what in reasons
     assert stats["model"] == "smollm2-135m-instruct"
+    assert stats["weights"] == "f16"  # config.yaml's select.weights
