@@ -119,3 +119,52 @@ def test_widened_weights_keep_the_ranking(per_byte: dict[str, np.ndarray]) -> No
     ranks = {k: np.argsort(np.argsort(v)) for k, v in per_byte.items()}
     assert (ranks["f16"] == ranks["f32"]).all()
     assert (ranks["file"] == ranks["f32"]).all()
+
+
+# -- the scoring setup of `select`: F16 weights and flash attention ----------------------------
+
+
+@pytest.fixture(scope="module")
+def scoring_engine() -> Iterator[LlamaEngine]:
+    """What `router select` scores with by default (config.yaml's select section), with a
+    small n_batch: several packed batches, windows longer than one batch."""
+    path = weights.with_weights(resolve_packaged(SMALL), "f16")
+    yield LlamaEngine(path, n_ctx=512, n_batch=64, n_threads=2, flash_attn=True)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("window", [None, 48])
+def test_flash_attention_packed_scores_equal_one_at_a_time(scoring_engine: LlamaEngine,
+                                                           window: int | None) -> None:
+    from tests.test_packed_scoring import _assert_same_scores
+
+    e = scoring_engine
+    stride = 16 if window else None
+    single = [e.score(t, window=window, stride=stride) for t in TEXTS]
+    packed = e.score_many(TEXTS, window=window, stride=stride)
+    assert [p.tokens for p in packed] == [s.tokens for s in single]
+    _assert_same_scores([p.logprobs for p in packed], [s.logprobs for s in single])
+
+
+@pytest.mark.model
+def test_flash_attention_isolates_packed_windows(scoring_engine: LlamaEngine) -> None:
+    from router.backends._packing import Segment
+    from tests.test_packed_scoring import PROSE
+
+    e = scoring_engine
+    a = e.tokenize(PROSE, add_bos=e.add_bos)[:40]
+    b = list(np.random.default_rng(0).permutation(a))  # same length, other content
+    t = e.tokenize(TEXTS[3], add_bos=e.add_bos)
+    segs = [Segment(0, 0, len(a), 0), Segment(1, 0, len(t), 0)]
+    with_a = e._eval_segments([a, t], segs, 0)
+    with_b = e._eval_segments([b, t], segs, 0)
+    assert not np.array_equal(with_a[0][0], with_b[0][0])  # the neighbours do differ
+    np.testing.assert_array_equal(with_a[1][0], with_b[1][0])
+
+
+@pytest.mark.model
+def test_flash_attention_changes_scores_by_rounding_only(per_byte: dict[str, np.ndarray],
+                                                         scoring_engine: LlamaEngine) -> None:
+    with_fa = _per_byte(scoring_engine)
+    spread = np.abs(per_byte["f32"][:, None] - per_byte["f32"][None, :]).mean()
+    assert np.abs(with_fa - per_byte["f16"]).max() < 0.01 * spread

@@ -55,6 +55,7 @@ def build_backend(
                 score_window=tier.score_window,
                 score_stride=tier.score_stride,
                 weights=tier.weights,
+                flash_attn=tier.flash_attn,
             ),
             template,
         )

@@ -110,6 +110,7 @@ class LlamaEngine:
         n_batch: int = 512,
         n_threads: int | None = None,
         seed: int = 0,
+        flash_attn: bool = False,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -127,6 +128,7 @@ class LlamaEngine:
                 logits_all=False,
                 verbose=False,
                 seed=seed,
+                flash_attn=flash_attn,
             )
             self._packing_context()
         except (ValueError, RuntimeError, OSError) as exc:

@@ -60,6 +60,7 @@ class EmbeddedSettings:
     score_top_k: int = 0
     seed: int = 0
     weights: Weights = "file"  # "f16"/"f32": the file's tensors widened (router.weights)
+    flash_attn: bool = False
 
 
 class EmbeddedBackend:
@@ -90,6 +91,7 @@ class EmbeddedBackend:
                 n_batch=self.settings.n_batch,
                 n_threads=self.settings.n_threads,
                 seed=self.settings.seed,
+                flash_attn=self.settings.flash_attn,
             )
         return self._engine
 

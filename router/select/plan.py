@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from router.backends.base import Backend
-from router.config import Settings
+from router.config import EmbeddedTier, Settings
 from router.scoring import SignalSpec
 from router.select.options import ReadOptions
 from router.select.readers import Read
@@ -49,9 +50,9 @@ class ScorePlan:
         from router.weights import with_weights
 
         for name in (self.model, self.reference):
-            weights = scoring_weights(self.settings, name)
-            if name is not None and weights not in (None, "file"):
-                with_weights(resolve_model_path(self.settings.tier(name).model), weights)
+            tier = embedded_scoring(self.settings, name)
+            if tier is not None and tier.weights != "file":
+                with_weights(resolve_model_path(tier.model), tier.weights)
 
     def score_step(self) -> Score:
         backends = self.build_backends()
@@ -78,18 +79,30 @@ def build_select_backends(settings: Settings, model: str, reference: str | None 
     for name in (model, reference):
         if name is None:
             continue
-        tier = settings.tier(name)
-        sel = settings.select
-        if tier.backend == "embedded" and (sel.window or sel.stride):
-            tier = tier.model_copy(update={
-                "score_window": sel.window or tier.score_window,
-                "score_stride": sel.stride or tier.score_stride})
-        if tier.backend == "embedded" and threads and getattr(tier, "n_threads", None) is None:
-            tier = tier.model_copy(update={"n_threads": threads})
-        if tier.backend == "embedded" and sel.weights != "tier":
-            tier = tier.model_copy(update={"weights": sel.weights})
+        tier = embedded_scoring(settings, name, threads=threads) or settings.tier(name)
         out[name] = build_backend(tier, settings)
     return out
+
+
+def embedded_scoring(settings: Settings, tier_name: str | None, *,
+                     threads: int | None = None) -> EmbeddedTier | None:
+    """An embedded tier as `select` scores with it: the `select` section's window, stride,
+    weights and flash attention applied (None: no tier, or not an embedded one)."""
+    if tier_name is None:
+        return None
+    tier = settings.tier(tier_name)
+    if not isinstance(tier, EmbeddedTier):
+        return None
+    sel = settings.select
+    update: dict[str, Any] = {"score_window": sel.window or tier.score_window,
+                              "score_stride": sel.stride or tier.score_stride}
+    if threads and tier.n_threads is None:
+        update["n_threads"] = threads
+    if sel.weights != "tier":
+        update["weights"] = sel.weights
+    if sel.flash_attn is not None:
+        update["flash_attn"] = sel.flash_attn
+    return tier.model_copy(update=update)
 
 
 def default_model(settings: Settings) -> str:
@@ -98,12 +111,16 @@ def default_model(settings: Settings) -> str:
 
 def scoring_weights(settings: Settings, tier_name: str | None) -> Weights | None:
     """The weights an embedded tier scores with in `select` (None: not an embedded tier)."""
-    if tier_name is None:
-        return None
-    tier = settings.tier(tier_name)
-    if tier.backend != "embedded":
-        return None
-    return tier.weights if settings.select.weights == "tier" else settings.select.weights
+    tier = embedded_scoring(settings, tier_name)
+    return None if tier is None else tier.weights
 
 
-__all__ = ["ScorePlan", "build_select_backends", "default_model", "scoring_weights"]
+def scoring_kernels(settings: Settings, tier_name: str | None) -> dict[str, Any] | None:
+    """What decides an embedded tier's scores beyond its model, for a run's fingerprint:
+    scores of different weights or attention kernels are not mixed on --resume."""
+    tier = embedded_scoring(settings, tier_name)
+    return None if tier is None else {"weights": tier.weights, "flash_attn": tier.flash_attn}
+
+
+__all__ = ["ScorePlan", "build_select_backends", "default_model", "embedded_scoring",
+           "scoring_kernels", "scoring_weights"]

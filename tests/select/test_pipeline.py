@@ -143,8 +143,9 @@ def test_a_run_records_its_weights_and_does_not_resume_with_others(
         run_fake(inputs, out, backends={"small": FakeBackend(fail_after=17)}, shard_size=5,
                  checkpoint_records=5)
     run = json.loads((out / "_work" / "run.json").read_text())
-    assert run["weights"] == ["f16", None]  # the scoring tier's, no reference tier
-    with pytest.raises(Exception, match=r"cannot resume: weights changed .*'file'"):
+    # the scoring tier's, no reference tier
+    assert run["kernels"] == [{"weights": "f16", "flash_attn": True}, None]
+    with pytest.raises(Exception, match=r"cannot resume: kernels changed .*'file'"):
         run_fake(inputs, out, shard_size=5, resume=True, weights="file")
     stats = run_fake(inputs, out, shard_size=5, resume=True)
     assert stats["weights"] == "f16"
