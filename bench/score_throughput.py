@@ -7,14 +7,15 @@ the timed part, except for `router-select`, which is the whole pipeline):
   embedded-single       LlamaEngine.score, one document per llama.cpp batch (the old path)
   embedded-packed       EmbeddedBackend.score as `router select` calls it (32 documents a call,
                         sorted by length, packed up to n_batch tokens per llama.cpp batch)
-  embedded-packed-f16   the same with the packaged Q4_1 tensors widened to float16
-                        (router/weights.py, `select.weights: f16`: what `router select` scores
-                        with by default; Q4_1 has no GEMM kernel on x86, F16 has one)
+  embedded-packed-f16   the same with the packaged Q4_1 tensors widened to float16 and
+                        llama.cpp's flash attention (router/weights.py; `select.weights: f16`,
+                        `select.flash_attn: true`: what `router select` scores with by
+                        default; Q4_1 has no GEMM kernel on x86, F16 has one)
   embedded-packed-q8_0  the same on the packaged Q4_1 weights requantized to Q8_0 (llama.cpp's
                         llama_model_quantize; another GEMM type, but a second rounding)
   router-select         `router select` end to end (local engine, model load, both passes,
                         every output) on the same documents as a JSONL file, with the default
-                        config (F16 weights, converted before the run)
+                        config (F16 weights, converted before the run, flash attention)
   transformers-single   Hugging Face transformers + torch float32, the packaged GGUF converted,
                         one document per forward pass (log_softmax + gather)
   transformers-batched  the same, 8 documents per forward pass (sorted by length, padded)
@@ -163,14 +164,16 @@ def requantized_q8_0(src: Path) -> Path:
     return dst
 
 
-def work_embedded(texts: list[str], packed: bool, weights: str = "file") -> Work:
+def work_embedded(texts: list[str], packed: bool, weights: str = "file",
+                  flash_attn: bool = False) -> Work:
     from router.backends._llama import LlamaEngine
     from router.models import resolve_packaged
     from router.weights import with_weights
 
     path = resolve_packaged(MODEL)
     path = requantized_q8_0(path) if weights == "q8_0" else with_weights(path, weights)  # type: ignore[arg-type]
-    engine = LlamaEngine(path, n_ctx=2048, n_batch=512, n_threads=THREADS)
+    engine = LlamaEngine(path, n_ctx=2048, n_batch=512, n_threads=THREADS,
+                         flash_attn=flash_attn)
     engine.score_many(texts[:2])  # warm-up: vocabulary table, first decodes
     sums: dict[str, float] = {}
     n_tokens = sum(len(engine.tokenize(t, add_bos=engine.add_bos)) - 1 for t in texts)
@@ -292,7 +295,8 @@ def worker(name: str, texts_file: Path) -> None:
     works: dict[str, Callable[[], Work]] = {
         "embedded-single": lambda: work_embedded(texts, packed=False),
         "embedded-packed": lambda: work_embedded(texts, packed=True),
-        "embedded-packed-f16": lambda: work_embedded(texts, packed=True, weights="f16"),
+        "embedded-packed-f16": lambda: work_embedded(texts, packed=True, weights="f16",
+                                                     flash_attn=True),
         "embedded-packed-q8_0": lambda: work_embedded(texts, packed=True, weights="q8_0"),
         "router-select": lambda: work_select(texts),
         "transformers-single": lambda: work_transformers(texts, 1),
