@@ -31,8 +31,8 @@ def test_default_config_runs_on_embedded_models() -> None:
         ),
         (
             "tiers:\n - name: a\n   backend: embedded\n   model: x\n   n_ctxx: 5\n",
-            r"tiers\[0\]\.n_ctxx: not an option of backend embedded \(options: backend, flash_attn, model, "
-            r"n_batch, n_ctx, ",
+            r"tiers\[0\]\.n_ctxx: not an option of backend embedded \(options: backend, "
+            r"flash_attn, model, n_batch, n_ctx, ",
         ),
         ("tiers: []\n", r"tiers: List should have at least 1 item"),
         (

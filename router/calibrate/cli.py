@@ -33,8 +33,10 @@ def add_parser(subparsers: Any) -> None:
                           "'builtin' or 'heldout' for a generated evaluation set")
     src.add_argument("--log", type=Path, metavar="DECISION_LOG",
                      help="a `router serve` decision log (server.decision_log)")
-    src.add_argument("--recorded", type=Path, metavar="OUTPUTS",
-                     help="a `router eval` outputs.jsonl (tier 0's answers, probes, checks)")
+    src.add_argument("--recorded", type=Path, metavar="OUTPUTS", nargs="+",
+                     help="`router eval` outputs.jsonl files (tier 0's answers, probes, "
+                          "checks); several are fitted on as one set (ids unique across them, "
+                          "the same tiers)")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-escalation", type=float, metavar="R",
                       help="escalate this fraction of traffic (0..1)")
@@ -78,9 +80,10 @@ def add_parser(subparsers: Any) -> None:
                             "tier wrong too; ranks the answers whose escalation pays first; "
                             "needs both tiers' labels: --recorded)")
     learn.add_argument("--exclude-prompts", type=Path, default=None, metavar="FILE",
-                       help="leave out rows whose prompt is also in FILE (router eval "
-                            "outputs or prompts, JSONL): fit without the prompts you will "
-                            "evaluate the rule on")
+                       nargs="+",
+                       help="leave out rows whose prompt is also in one of these files "
+                            "(router eval outputs or prompts, JSONL): fit without the prompts "
+                            "you will evaluate the rule on")
     learn.add_argument("--text-scale", type=float, default=None,
                        help="weight of the text terms against the standardised features "
                             "(default 3.0)")

@@ -176,21 +176,22 @@ def learning_rows(args: Any, labels: dict[str, tuple[bool, str]] | None,
     import asyncio
     import os
 
-    from router.evaluate.data import load_items, load_recorded
+    from router.evaluate.data import load_items, load_recorded_files
     from router.evaluate.run import answer_all, item_texts
     from router.probes import needed_probes, probe_settings
 
-    exclude = _prompts_in(args.exclude_prompts) if getattr(args, "exclude_prompts", None) \
-        else frozenset()
+    exclude = frozenset().union(*(_prompts_in(p) for p in
+                                  getattr(args, "exclude_prompts", None) or ()))
     if args.recorded is not None:
-        records = load_recorded(args.recorded)
+        records = load_recorded_files(args.recorded)
         kept = [r for r in records if _norm(r.item.prompt) not in exclude][: args.limit]
         if exclude:
             log(f"--exclude-prompts: left out {len(records) - len(kept)} of {len(records)} "
-                "rows whose prompt is in " + str(args.exclude_prompts))
+                "rows whose prompt is in " + ", ".join(map(str, args.exclude_prompts)))
         records = kept
         outs = [_relabel(r.outputs[0], r.item.id, labels) for r in records]
-        rows = rows_from_outputs(outs, features, data=str(args.recorded))
+        rows = rows_from_outputs(outs, features,
+                                 data=" + ".join(str(p) for p in args.recorded))
         last_ok = np.array([r.outputs[-1].correct for r in records], dtype=bool)
         rows = replace(rows, no_gain=rows.correct | ~last_ok)
         if texts:

@@ -250,6 +250,21 @@ def load_recorded(path: Path) -> list[Recorded]:
     return out
 
 
+def load_recorded_files(paths: Sequence[Path]) -> list[Recorded]:
+    """The recorded outputs of several files as one set: the same tiers in every file, ids
+    unique across them."""
+    out: list[Recorded] = []
+    for path in paths:
+        recs = load_recorded(path)
+        if out and recs and [o.tier for o in recs[0].outputs] != [o.tier for o in
+                                                                   out[0].outputs]:
+            raise InputError(f"{path}: tiers {[o.tier for o in recs[0].outputs]} differ from "
+                             f"{paths[0]}'s {[o.tier for o in out[0].outputs]}")
+        out.extend(recs)
+    _unique_ids([r.item for r in out])
+    return out
+
+
 def write_recorded(path: Path, records: Sequence[Recorded]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -248,3 +248,22 @@ async def test_the_time_bound_does_not_cut_a_whole_answer_policy_short(
     outcome = items[0]
     assert outcome.attempts[0].features["answer_tokens"] == 5.0  # not the tokens of 0.01 s
     assert outcome.attempts[0].probe_tokens == 4 and small.closed_early == 0
+
+
+def test_several_recordings_are_fitted_as_one_set(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    first = recorded(tmp_path / "a.jsonl", n=40)
+    second = tmp_path / "b.jsonl"  # the same kind of rows under other ids
+    second.write_text(first.read_text().replace('"id": "q', '"id": "b'))
+    out = tmp_path / "both.yaml"
+    assert main(["calibrate", "--recorded", str(first), str(second), "--learn", "--features",
+                 FEATURES, "--target-escalation", "0.3", "--policy-out", str(out)]) == 0
+    sig = load_policy(out).signal
+    assert isinstance(sig, LearnedSignal)
+    assert sig.fitted["n"] == 80
+    assert sig.fitted["data"] == f"{first} + {second}"
+    capsys.readouterr()
+    # an id in two files is one error naming where it repeats
+    assert main(["calibrate", "--recorded", str(first), str(first), "--learn", "--features",
+                 FEATURES, "--target-escalation", "0.3", "--policy-out", str(out)]) == 2
+    assert "duplicate id 'q0'" in capsys.readouterr().err
