@@ -150,17 +150,11 @@ def requantized_q8_0(src: Path) -> Path:
     import llama_cpp
 
     from router.models import cache_dir
+    from router.weights import convert_gguf
 
     dst = cache_dir() / "bench" / f"{src.stem}.q8_0.gguf"
     if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-        params.allow_requantize = True
-        tmp = dst.with_suffix(".part")
-        if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
-            raise RuntimeError(f"cannot requantize {src}")
-        tmp.rename(dst)
+        convert_gguf(src, dst, llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, what="Q8_0")
     return dst
 
 

@@ -25,16 +25,9 @@ MODEL = "smollm2-135m-instruct"
 
 
 def requantize(src: Path, dst: Path, ftype: int) -> Path:
-    import llama_cpp
+    from router.weights import convert_gguf
 
-    if not dst.exists():
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.allow_requantize = True
-        params.nthread = 1
-        if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
-            raise RuntimeError(f"quantize {src} -> {dst} failed")
-    return dst
+    return dst if dst.exists() else convert_gguf(src, dst, ftype, nthread=1)
 
 
 def decode_rate(engine: LlamaEngine, ids: list[int], batch: int, all_logits: bool) -> float:

@@ -30,7 +30,7 @@ from router.config import load_settings
 from router.policy import load_policy
 from router.select.options import SelectOptions
 from router.select.pipeline import run_select
-from router.select.plan import build_select_backends, default_model, scoring_weights
+from router.select.plan import build_select_backends, default_model, embedded_scoring
 from router.select.sample import make_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,8 @@ def main() -> None:
     model = default_model(settings)
     backend = build_select_backends(settings, model)[model]
     result: dict[str, Any] = {"model": backend.model_id, "rounds": args.rounds,
-                              "weights": scoring_weights(settings, model), "corpora": {}}
+                              "weights": getattr(embedded_scoring(settings, model), "weights",
+                                                 None), "corpora": {}}
     print(f"model {backend.model_id}, weights {result['weights']}, medians of {args.rounds} "
           "rounds; select includes model load and both passes")
     print(f"{'corpus':<11}{'docs':>5}{'tokens':>8}{'raw tok/s':>11}{'select tok/s':>14}"

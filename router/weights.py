@@ -62,17 +62,33 @@ def with_weights(src: Path, weights: Weights) -> Path:
     from router.models import cache_dir
 
     dst = converted_path(src, weights, cache_dir())
-    if dst.is_file():
-        return dst
+    if not dst.is_file():
+        convert_gguf(src, dst, _ftype(weights), what=f"{weights} weights",
+                     hint="; use weights: file")
+    return dst
+
+
+def model_file(model: str, weights: Weights) -> Path:
+    """The GGUF llama.cpp loads for a tier's `model` (packaged id or path) and `weights`."""
+    from router.models import resolve_model_path
+
+    return with_weights(resolve_model_path(model), weights)
+
+
+def convert_gguf(src: Path, dst: Path, ftype: int, *, nthread: int = 0,
+                 what: str = "another type", hint: str = "") -> Path:
+    """`src` rewritten by llama.cpp's `llama_model_quantize` with tensor type `ftype` (a
+    `llama_cpp.LLAMA_FTYPE_*`) into `dst`, atomically: a temporary file beside it, renamed
+    when complete, removed on any failure."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        rc = _quantize(src, tmp, _ftype(weights))
+        rc = _quantize(src, tmp, ftype, nthread)
         if rc != 0:
-            raise ModelError(f"cannot convert {src} to {weights} weights (llama.cpp's "
-                             f"llama_model_quantize returned {rc}); use weights: file")
+            raise ModelError(f"cannot convert {src} to {what} (llama.cpp's "
+                             f"llama_model_quantize returned {rc}){hint}")
         tmp.replace(dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -80,12 +96,13 @@ def with_weights(src: Path, weights: Weights) -> Path:
     return dst
 
 
-def _quantize(src: Path, dst: Path, ftype: int) -> int:
+def _quantize(src: Path, dst: Path, ftype: int, nthread: int) -> int:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.allow_requantize = True
+    params.nthread = nthread  # 0: every CPU
     # llama.cpp logs one line per tensor through llama-cpp-python's logger: errors only
     log = logging.getLogger("llama-cpp-python")
     level = log.level
@@ -96,4 +113,4 @@ def _quantize(src: Path, dst: Path, ftype: int) -> int:
         log.setLevel(level)
 
 
-__all__ = ["WEIGHTS", "Weights", "converted_path", "with_weights"]
+__all__ = ["WEIGHTS", "Weights", "convert_gguf", "converted_path", "model_file", "with_weights"]

@@ -28,10 +28,9 @@ from router.backends.base import (
 from router.backends.collect import collect, empty_logprobs
 from router.backends.stops import StopScanner
 from router.errors import ConfigError, InputError
-from router.models import resolve_model_path
 from router.prompting import JinjaChatTemplate, PromptTemplate
 from router.scoring import TokenLogprobs
-from router.weights import Weights, with_weights
+from router.weights import Weights, model_file
 
 T = TypeVar("T")
 
@@ -83,8 +82,7 @@ class EmbeddedBackend:
 
     def _load_sync(self) -> LlamaEngine:
         if self._engine is None:
-            path: Path = with_weights(resolve_model_path(self.settings.model),
-                                      self.settings.weights)
+            path: Path = model_file(self.settings.model, self.settings.weights)
             self._engine = LlamaEngine(
                 path,
                 n_ctx=self.settings.n_ctx,

@@ -32,7 +32,7 @@ from router.select.emit import WriteShards
 from router.select.engines import open_engine
 from router.select.metrics_export import SelectMetrics
 from router.select.options import SelectOptions
-from router.select.plan import ScorePlan, default_model, scoring_kernels, scoring_weights
+from router.select.plan import ScorePlan, default_model, embedded_scoring, scoring_kernels
 from router.select.progress import Progress
 from router.select.sources import MARK_EVERY, Source, SourceIndex, expand_inputs, index_source
 from router.select.sources import source_of as _source_of
@@ -102,7 +102,8 @@ def run_select(opts: SelectOptions, *, backends: Mapping[str, Backend] | None = 
     else:
         plan = make_plan(opts, load_settings(opts.config), backends)
         model = plan.model
-        weights = scoring_weights(plan.settings, plan.model)
+        scorer = embedded_scoring(plan.settings, plan.model)
+        weights = scorer.weights if scorer else None
         sources = expand_inputs(opts.inputs)
         work.start(_fingerprint(sources, plan), resume=opts.resume)
         timing.update(_score(opts, plan, sources, work, exporter, log))

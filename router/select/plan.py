@@ -19,7 +19,6 @@ from router.select.readers import Read
 from router.select.scorer import Score, signal_specs
 from router.select.steps import Step
 from router.select.workdir import Checkpoint, WorkDir
-from router.weights import Weights
 
 
 @dataclass(frozen=True)
@@ -46,13 +45,12 @@ class ScorePlan:
         engine worker at the same time (router.weights caches the file)."""
         if self.backends is not None:
             return
-        from router.models import resolve_model_path
-        from router.weights import with_weights
+        from router.weights import model_file
 
         for name in (self.model, self.reference):
             tier = embedded_scoring(self.settings, name)
-            if tier is not None and tier.weights != "file":
-                with_weights(resolve_model_path(tier.model), tier.weights)
+            if tier is not None:
+                model_file(tier.model, tier.weights)
 
     def score_step(self) -> Score:
         backends = self.build_backends()
@@ -109,12 +107,6 @@ def default_model(settings: Settings) -> str:
     return settings.select.model or settings.tiers[0].name
 
 
-def scoring_weights(settings: Settings, tier_name: str | None) -> Weights | None:
-    """The weights an embedded tier scores with in `select` (None: not an embedded tier)."""
-    tier = embedded_scoring(settings, tier_name)
-    return None if tier is None else tier.weights
-
-
 def scoring_kernels(settings: Settings, tier_name: str | None) -> dict[str, Any] | None:
     """What decides an embedded tier's scores beyond its model, for a run's fingerprint:
     scores of different weights or attention kernels are not mixed on --resume."""
@@ -123,4 +115,4 @@ def scoring_kernels(settings: Settings, tier_name: str | None) -> dict[str, Any]
 
 
 __all__ = ["ScorePlan", "build_select_backends", "default_model", "embedded_scoring",
-           "scoring_kernels", "scoring_weights"]
+           "scoring_kernels"]
