@@ -1,13 +1,13 @@
 """The `openai_http` backend: any OpenAI-compatible server, vLLM first.
 
-One pooled `aiohttp.ClientSession` per upstream, bounded concurrency, timeouts, and retries
+One keep-alive pool (`http1.Pool`) per upstream, bounded concurrency, timeouts, and retries
 with exponential backoff on connection errors, 429 and 5xx (before any byte of an answer was
-used). aiohttp rather than httpx: measured on this project's machines, httpx spent 0.75-0.95 ms
-of CPU per pooled request and its pool's work grows with connections and waiters, against
-0.12-0.22 ms for aiohttp (see bench/RESULTS.md); on the router's request path that was half of
-its CPU. Answers are read up to `max_response_bytes` (`server.max_upstream_response_bytes`) and
-parsed and validated in vLLM's exact shapes by `openai_parse`; an answer that is too big or
-malformed is an `UpstreamError` (the cascade escalates past it), never the client's error.
+used). Our own small HTTP/1.1 client rather than httpx or aiohttp: measured on this project's
+machines, httpx spent 0.75-0.95 ms of CPU per pooled request, and aiohttp's client was still a
+fifth of the router's CPU per request (see bench/RESULTS.md and `http1`'s docstring). Answers
+are read up to `max_response_bytes` (`server.max_upstream_response_bytes`) and parsed and
+validated in vLLM's exact shapes by `openai_parse`; an answer that is too big or malformed is
+an `UpstreamError` (the cascade escalates past it), never the client's error.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
+from router.backends import http1
 from router.backends.base import FinishReason, Generation, GenerationRequest, StreamDelta, Usage
 from router.backends.collect import collect, empty_logprobs
 from router.backends.openai_parse import (
@@ -71,47 +71,36 @@ class OpenAIHttpBackend:
         self._headers = {"content-type": "application/json"}
         if settings.api_key:
             self._headers["authorization"] = f"Bearer {settings.api_key}"
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: http1.Pool | None = None
         self._slots = asyncio.Semaphore(settings.max_concurrency)
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s,
-                                              connect=settings.connect_timeout_s)
-        # streams: no total limit, but no more than timeout_s of silence between chunks
-        self._stream_timeout = aiohttp.ClientTimeout(total=None,
-                                                     connect=settings.connect_timeout_s,
-                                                     sock_read=settings.timeout_s)
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
-    def _client(self) -> aiohttp.ClientSession:
-        """The pooled session of the running event loop (created on first use: aiohttp binds a
-        session to the loop it was made in)."""
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency,
-                                               keepalive_timeout=30.0),
-                headers=self._headers, auto_decompress=True, raise_for_status=False)
-            self._loop = loop
-        return self._session
+    def _client(self) -> http1.Pool:
+        """The connection pool (made on first use, and again after `aclose`)."""
+        if self._pool is None or self._pool.closed:
+            self._pool = http1.Pool(self._base, headers=self._headers,
+                                    connect_timeout_s=self.settings.connect_timeout_s,
+                                    max_idle=self.settings.max_concurrency)
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._pool = None
 
     # -- transport --------------------------------------------------------------------------
 
     def _translate(self, exc: Exception) -> UpstreamError:
-        """aiohttp's and asyncio's errors -> ours (the boundary of the error tree)."""
+        """The HTTP client's errors -> ours (the boundary of the error tree)."""
         where = f"upstream {self.model_id} ({self.settings.base_url})"
-        if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it
+        if isinstance(exc, TimeoutError):
             return UpstreamTimeout(
-                f"{where} timed out: {type(exc).__name__}", upstream=self.model_id, retryable=True
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
+                f"{where} timed out: {exc or type(exc).__name__}", upstream=self.model_id,
+                retryable=True)
+        if isinstance(exc, http1.ConnectError | http1.Disconnected):
             return UpstreamUnavailable(
                 f"{where} is unreachable: {exc}", upstream=self.model_id, retryable=True
             )
@@ -146,7 +135,7 @@ class OpenAIHttpBackend:
                     used = True
                     yield item
                 return
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (http1.HttpError, TimeoutError) as exc:
                 err = self._translate(exc)
             except UpstreamError as exc:
                 err = exc
@@ -162,26 +151,20 @@ class OpenAIHttpBackend:
             f"{self.settings.max_response_bytes} bytes (server.max_upstream_response_bytes)",
             upstream=self.model_id)
 
-    async def _read(self, resp: aiohttp.ClientResponse, *, truncate: bool = False) -> bytes:
+    async def _read(self, resp: http1.Response, *, truncate: bool = False) -> bytes:
         """The body, at most `max_response_bytes` of it (counted after decompression): past
         that an UpstreamError, or with `truncate` the first bytes (error bodies)."""
         cap = self.settings.max_response_bytes
         if not truncate and resp.content_length is not None and resp.content_length > cap:
             raise self._too_big()
-        parts: list[bytes] = []
-        seen = 0
-        async for piece in resp.content.iter_any():
-            parts.append(piece)
-            seen += len(piece)
-            if seen > cap:
-                if truncate:
-                    break
-                raise self._too_big()
-        return b"".join(parts)
+        try:
+            return await resp.read(cap, truncate=truncate)
+        except http1.BodyTooBig:
+            raise self._too_big() from None
 
     async def _post_once(self, path: str, content: bytes) -> AsyncIterator[dict[str, Any]]:
-        async with self._slots, self._client().post(
-            self._base + path, data=content, timeout=self._timeout
+        async with self._slots, self._client().request(
+            "POST", path, content, timeout_s=self.settings.timeout_s
         ) as resp:
             if resp.status >= 400:
                 raise self._status_error(resp.status, await self._read(resp, truncate=True))
@@ -255,20 +238,21 @@ class OpenAIHttpBackend:
 
     async def _stream_once(self, path: str, content: bytes, chat: bool
                            ) -> AsyncIterator[StreamDelta]:
-        async with self._slots, self._client().post(
-            self._base + path, data=content, timeout=self._stream_timeout
+        # no total limit on a stream, but no more than timeout_s of silence between chunks
+        async with self._slots, self._client().request(
+            "POST", path, content, quiet_s=self.settings.timeout_s
         ) as resp:
             if resp.status >= 400:
                 raise self._status_error(resp.status, await self._read(resp, truncate=True))
             async for delta in self._parse_sse(resp, chat):
                 yield delta
 
-    async def _parse_sse(self, resp: aiohttp.ClientResponse, chat: bool
+    async def _parse_sse(self, resp: http1.Response, chat: bool
                          ) -> AsyncIterator[StreamDelta]:
         finish: FinishReason | None = None
         usage: Usage | None = None
         done = False
-        async for line in sse_lines(resp.content, self.settings.max_response_bytes):
+        async for line in sse_lines(resp.chunks(), self.settings.max_response_bytes):
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
@@ -332,13 +316,12 @@ class OpenAIHttpBackend:
 
     async def check(self) -> None:
         try:
-            async with self._client().get(
-                self._base + "models",
-                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
+            async with self._client().request(
+                "GET", "models", timeout_s=self.settings.connect_timeout_s
             ) as resp:
                 status = resp.status
                 raw = await self._read(resp, truncate=status >= 400)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http1.HttpError, TimeoutError) as exc:
             raise self._translate(exc) from None
         if status >= 400:
             raise self._status_error(status, raw)
@@ -357,13 +340,13 @@ class OpenAIHttpBackend:
             )
 
 
-async def sse_lines(content: aiohttp.StreamReader, max_bytes: int) -> AsyncIterator[str]:
-    """The lines of an event stream, whatever their length (aiohttp's own line iterator stops
-    at 64 KiB, and a chunk with many top-k alternatives can be longer), in linear time; more
-    than `max_bytes` in all is an UpstreamError."""
+async def sse_lines(pieces: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[str]:
+    """The lines of an event stream from the body's pieces, whatever their length (a chunk
+    with many top-k alternatives can pass 64 KiB), in linear time; more than `max_bytes` in all
+    is an UpstreamError."""
     tail: list[bytes] = []
     seen = 0
-    async for piece in content.iter_any():
+    async for piece in pieces:
         seen += len(piece)
         if seen > max_bytes:
             raise UpstreamError(f"an upstream stream passed {max_bytes} bytes "

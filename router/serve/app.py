@@ -1,8 +1,8 @@
 """`create_app(settings)`: the FastAPI app of `router serve`.
 
-The lifespan owns the backends (built from config unless passed in; HTTP tiers hold one pooled
-`aiohttp.ClientSession` each), the cascade and the decision log. One exception handler turns every
-`RouterError` into OpenAI's error body; services raise, they never return errors.
+The lifespan owns the backends (built from config unless passed in; HTTP tiers hold one pool of
+keep-alive connections each), the cascade and the decision log. One exception handler turns
+every `RouterError` into OpenAI's error body; services raise, they never return errors.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -69,12 +70,17 @@ def config(tmp: Path, upstream: ServerThread, *, small: str = "varied", large: s
     })
 
 
-CLIENT = fresh_connections()
+_CLIENTS = threading.local()
 
 
 def chat(url: str, content: str, *, stream: bool = False) -> httpx.Response:
-    """One request on a fresh connection (so the kernel picks a worker for each)."""
-    return CLIENT.post(f"{url}/v1/chat/completions", json={
+    """One request on a fresh connection (so the kernel picks a worker for each), with one
+    client per thread: one httpx.Client shared by 16 threads with no keep-alive sometimes
+    closed a socket another thread was reading (EBADF), on any tree."""
+    client = getattr(_CLIENTS, "client", None)
+    if client is None:
+        client = _CLIENTS.client = fresh_connections()
+    return client.post(f"{url}/v1/chat/completions", json={
         "model": "cascade", "stream": stream, "max_tokens": 8,
         "messages": [{"role": "user", "content": content}]})
 
