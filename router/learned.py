@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from router.errors import PolicyError, ScoringError
 from router.probes import is_probe_feature
-from router.scoring import SignalSpec, TokenLogprobs, sequence_signal, signal_vector
+from router.scoring import SignalSpec, TokenLogprobs, sequence_signal, signal_values
 from router.text_features import ANSWER, TextBlock, Texts, text_block_from_dict
 
 LEARNED = "learned"
@@ -243,8 +243,9 @@ def confidence_and_values(signal: Confidence, seq: TokenLogprobs,
     """
     if isinstance(signal, LearnedSignal):
         specs = [s for s in signal.token_specs if s is not None]
-        values = signal_vector(seq, specs, {k: v for k, v in (features or {}).items()
-                                            if k in signal.features})
+        values = signal_values(seq, specs, features)
+        values.update((k, math.nan if v is None else float(v))
+                      for k, v in (features or {}).items() if k in signal.features)
         score, shares = signal.score_parts(values, texts)
         return score, {**{f: values.get(f, math.nan) for f in signal.features}, **shares}
     score = sequence_signal(seq, signal, features)

@@ -84,6 +84,7 @@ __all__ = [
     "ragged",
     "score_sequences",
     "sequence_signal",
+    "signal_values",
     "signal_vector",
     "token_signal",
     "window_plan",
@@ -349,7 +350,21 @@ def sequence_signal(seq: TokenLogprobs, spec: SignalSpec,
         value = (features or {}).get(spec.name)
         return float(feature_column({spec.name: [math.nan if value is None else value]},
                                     spec.name, 1)[0])
+    if spec.name in RUNNING_SIGNALS:  # a sum, count and minimum: plain floats beat numpy here
+        running = RunningSignal(spec)
+        running.add(seq)
+        return running.value()
     return float(token_signal(RaggedBatch.of(seq), spec)[0])
+
+
+def signal_values(seq: TokenLogprobs, specs: Sequence[SignalSpec],
+                  features: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Only the named signals of one answer (`signal_vector` without its informational
+    columns): what a learned rule reads on the request path.
+
+    Example: logprobs [-1, -3], 2 bytes each, [mean_logprob] -> {"mean_logprob": -2.0}.
+    """
+    return {spec.key: sequence_signal(seq, spec, features) for spec in specs}
 
 
 #: token signals that a running sum, count, byte count and minimum give: a stream's running

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -372,6 +373,22 @@ class Cascade:
 
     async def stream(self, request: GenerationRequest, *, direct: Tier | None = None,
                      prompt_text: str = "") -> AsyncGenerator[Outcome | StreamDelta, None]:
+        """The committed Outcome, then the answer's deltas one by one."""
+        async with aclosing(self.stream_batches(request, direct=direct,
+                                                prompt_text=prompt_text)) as batches:
+            async for item in batches:
+                if isinstance(item, Outcome):
+                    yield item
+                else:
+                    for delta in item:
+                        yield delta
+
+    async def stream_batches(self, request: GenerationRequest, *, direct: Tier | None = None,
+                             prompt_text: str = ""
+                             ) -> AsyncGenerator[Outcome | list[StreamDelta], None]:
+        """The committed Outcome, then the answer's deltas in batches: everything the judged
+        buffer holds as one (the server sends it in one write, not one per token), then each
+        later delta as it comes."""
         plan, out = self._start(direct)
         if direct is None and await self._gate(out, prompt_text):
             plan = plan[1:]
@@ -379,10 +396,10 @@ class Cascade:
         call = await self._walk(plan, out, lambda tier: StreamedAnswer(tier, request, cfg))
         try:
             yield out
-            for delta in list(call.buffered):
-                yield delta
+            if call.buffered:
+                yield list(call.buffered)
             async for delta in call.rest():
-                yield delta
+                yield [delta]
         except Exception as exc:  # after the commit: the answer is cut, nothing to fall back to
             err = _as_router_error(exc, call.tier)
             self._failed(call.tier, call.attempt, err, call.started)

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from fastapi.responses import Response
 
-from router.backends.base import GenerationRequest, StreamDelta, Usage
+from router.backends.base import GenerationRequest, Usage
 from router.errors import RouterError, UpstreamTimeout
 from router.probes import question_of
 from router.serve import openai_format as fmt
@@ -86,7 +86,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
         return Response(orjson.dumps(payload), media_type="application/json",
                         headers=out.headers())
 
-    events = cascade.stream(request, direct=direct, prompt_text=prompt)
+    events = cascade.stream_batches(request, direct=direct, prompt_text=prompt)
     limit = state.settings.server.request_timeout_s
     try:
         # until a tier is committed nothing was sent: the request timeout still gives a 504
@@ -104,41 +104,47 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
     writer = fmt.ChunkWriter(chat=chat, rid=rid, model=outcome.tier.model)
 
     async def body() -> AsyncGenerator[bytes, None]:
+        """One write per batch of deltas (the judged buffer is one), each delta its own
+        event; the first write starts with the role chunk, the last ends with [DONE]."""
         finish: str | None = None
         usage: Usage | None = None
         status = 200
         texts: list[str] = []
+        out: list[bytes] = [writer.role()] if chat else []
         try:
-            if chat:
-                yield writer.role()
-            async for ev in events:
-                assert isinstance(ev, StreamDelta)
-                if ev.usage is not None:
-                    usage = ev.usage
-                if ev.finish_reason is not None:
-                    finish = ev.finish_reason
-                if ev.text:
-                    texts.append(ev.text)
-                if ev.text or (logprobs_k is not None and len(ev.logprobs)):
-                    lp = _logprobs(chat, logprobs_k, ev.logprobs, ev.alternatives, writer.offset)
-                    yield writer.delta(ev.text, lp)
-            yield writer.delta("", None, finish or "stop")
+            async for batch in events:
+                assert isinstance(batch, list)
+                for ev in batch:
+                    if ev.usage is not None:
+                        usage = ev.usage
+                    if ev.finish_reason is not None:
+                        finish = ev.finish_reason
+                    if ev.text:
+                        texts.append(ev.text)
+                    if ev.text or (logprobs_k is not None and len(ev.logprobs)):
+                        lp = _logprobs(chat, logprobs_k, ev.logprobs, ev.alternatives,
+                                       writer.offset)
+                        out.append(writer.delta(ev.text, lp))
+                if out:
+                    yield b"".join(out)
+                    out = []
+            out.append(writer.delta("", None, finish or "stop"))
             if include_usage:
-                yield writer.usage(usage or Usage(0, 0))
+                out.append(writer.usage(usage or Usage(0, 0)))
             _shadow(state, outcome, direct=direct is not None, request=request, prompt=prompt,
-                    rid=rid,
-                    answer="".join(texts))
+                    rid=rid, answer="".join(texts))
         except RouterError as err:
             status = err.status_code
             log.warning("%s stream failed after its first byte -> %d %s: %s [%s]", endpoint,
                         status, err.type, err.message, request_id)
-            yield fmt.sse(err.client_body(request_id))
+            out.append(fmt.sse(err.client_body(request_id)))
         finally:
             await events.aclose()
             _log(state, outcome, rid=rid, endpoint=endpoint, model=model, stream=True,
                  started=started, prompt=prompt, usage=usage, status=status,
                  request=request)
-        yield fmt.SSE_DONE
+        out.append(fmt.SSE_DONE)
+        yield b"".join(out)
 
     headers = {**outcome.headers(), "cache-control": "no-cache"}
     return EventStreamResponse(body(), headers=headers)
