@@ -119,19 +119,24 @@ class ProtectionMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        await self._api_call(scope, receive, _with_request_id(send, rid), rid)
+        await self._api_call(scope, receive, send, rid)
 
     async def _api_call(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         endpoint = ENDPOINTS.get(scope["path"], "other")
         started = time.perf_counter()
         status: dict[str, Any] = {"code": 500, "tier": "none"}
+        request_id = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
+            """Adds the request id (as `_with_request_id`) and notes the status and tier, in
+            one layer: every write of a stream passes here."""
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                for k, v in message.get("headers", []):
+                headers = message.get("headers", [])
+                for k, v in headers:
                     if k == b"x-router-tier":
                         status["tier"] = v.decode()
+                message = {**message, "headers": [*headers, request_id]}
             await send(message)
 
         try:
