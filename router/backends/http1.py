@@ -34,7 +34,6 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -372,21 +371,43 @@ class Pool:
             conn.close()
         self._idle.clear()
 
-    @asynccontextmanager
-    async def request(self, method: str, path: str, body: bytes = b"", *,
-                      timeout_s: float | None = None, quiet_s: float | None = None
-                      ) -> AsyncIterator[Response]:
-        """Send one request (`path` relative to the base URL unless it starts with '/') and
-        yield its answer once the headers are in. `timeout_s` bounds everything up to the end
-        of the body, `quiet_s` the silence while the caller waits for more of it."""
+    def request(self, method: str, path: str, body: bytes = b"", *,
+                timeout_s: float | None = None, quiet_s: float | None = None) -> _Exchange:
+        """`async with pool.request(...) as response`: send one request (`path` relative to
+        the base URL unless it starts with '/') and get its answer once the headers are in.
+        `timeout_s` bounds everything up to the end of the body, `quiet_s` the silence while
+        the caller waits for more of it."""
         head = self._head(method, path)
         data = (f"{head}content-length: {len(body)}\r\n\r\n".encode("latin-1") + body
                 if body or method == "POST" else f"{head}\r\n".encode("latin-1"))
+        return _Exchange(self, data, timeout_s, quiet_s)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._drop_idle()
+
+
+class _Exchange:
+    """One request on a pooled connection, as an async context manager (a class, not a
+    generator-based one: it is on every upstream call)."""
+
+    __slots__ = ("_conn", "_data", "_pool", "_quiet_s", "_timeout_s", "_timer")
+
+    def __init__(self, pool: Pool, data: bytes, timeout_s: float | None,
+                 quiet_s: float | None) -> None:
+        self._pool = pool
+        self._data = data
+        self._timeout_s = timeout_s
+        self._quiet_s = quiet_s
+        self._conn: _Connection | None = None
+        self._timer: _Timer | None = None
+
+    async def __aenter__(self) -> Response:
         for attempt in (0, 1):
-            conn = await self._acquire()
+            conn = await self._pool._acquire()
             reused = conn.used
-            conn.send(data)
-            timer = _Timer(conn, timeout_s, quiet_s)
+            conn.send(self._data)
+            timer = _Timer(conn, self._timeout_s, self._quiet_s)
             try:
                 while not conn.headers_done:
                     if conn.error is not None:
@@ -403,13 +424,12 @@ class Pool:
                 timer.cancel()
                 conn.close()
                 raise
-            try:
-                yield response
-            finally:
-                timer.cancel()
-                self._release(conn)
-            return
+            self._conn, self._timer = conn, timer
+            return response
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def aclose(self) -> None:
-        self.closed = True
-        self._drop_idle()
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._conn is not None:
+            self._pool._release(self._conn)

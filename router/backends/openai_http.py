@@ -135,15 +135,23 @@ class OpenAIHttpBackend:
                     used = True
                     yield item
                 return
-            except (http1.HttpError, TimeoutError) as exc:
-                err = self._translate(exc)
-            except UpstreamError as exc:
-                err = exc
-            if used or not err.retryable or tries >= self.settings.max_retries:
-                raise err
+            except (http1.HttpError, TimeoutError, UpstreamError) as exc:
+                self._raise_unless_retried(exc, retry=not used, tries=tries)
             tries += 1
-            jitter = 0.5 + random.random()
-            await asyncio.sleep(self.settings.backoff_s * 2 ** (tries - 1) * jitter)
+            await self._backoff(tries)
+
+    def _raise_unless_retried(self, exc: Exception, *, retry: bool, tries: int) -> None:
+        """A failed attempt's error (translated), raised unless the attempt may run again:
+        `retry` (nothing of it was used), the error is retryable, and `tries` retries are
+        fewer than `max_retries`."""
+        err = exc if isinstance(exc, UpstreamError) else self._translate(exc)
+        if not retry or not err.retryable or tries >= self.settings.max_retries:
+            raise err from None
+
+    async def _backoff(self, tries: int) -> None:
+        """The jittered exponential pause before retry number `tries` (1, 2, ...)."""
+        jitter = 0.5 + random.random()
+        await asyncio.sleep(self.settings.backoff_s * 2 ** (tries - 1) * jitter)
 
     def _too_big(self) -> UpstreamError:
         return UpstreamError(
@@ -162,7 +170,7 @@ class OpenAIHttpBackend:
         except http1.BodyTooBig:
             raise self._too_big() from None
 
-    async def _post_once(self, path: str, content: bytes) -> AsyncIterator[dict[str, Any]]:
+    async def _post_once(self, path: str, content: bytes) -> dict[str, Any]:
         async with self._slots, self._client().request(
             "POST", path, content, timeout_s=self.settings.timeout_s
         ) as resp:
@@ -175,14 +183,20 @@ class OpenAIHttpBackend:
             raise self._malformed(f"the body is not JSON: {raw[:200]!r}") from None
         if not isinstance(data, dict):
             raise self._malformed(f"{type(data).__name__}, not a JSON object")
-        yield data
+        return data
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One JSON answer, retried as `_retried` retries (a plain loop: no generator on the
+        request path for one value)."""
         content = orjson.dumps(body)
-        async with aclosing(self._retried(lambda: self._post_once(path, content))) as answers:
-            async for data in answers:
-                return data
-        raise AssertionError("unreachable: _post_once yields once or raises")
+        tries = 0
+        while True:
+            try:
+                return await self._post_once(path, content)
+            except (http1.HttpError, TimeoutError, UpstreamError) as exc:
+                self._raise_unless_retried(exc, retry=True, tries=tries)
+            tries += 1
+            await self._backoff(tries)
 
     def _malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"upstream {self.model_id} sent a malformed answer: {what}",
