@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -242,61 +241,67 @@ class OpenAIHttpBackend:
         return Generation(model=self.model_id, text=text, finish_reason=finish, logprobs=lp,
                           usage=usage, alternatives=alts)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         path, body = self._body(request, stream=True)
         content = orjson.dumps(body)
-        async with aclosing(self._retried(
-                lambda: self._stream_once(path, content, request.is_chat))) as deltas:
-            async for delta in deltas:
-                yield delta
+        return self._retried(lambda: self._stream_once(path, content, request.is_chat))
 
     async def _stream_once(self, path: str, content: bytes, chat: bool
                            ) -> AsyncIterator[StreamDelta]:
+        """One streamed answer: the body's pieces cut into event lines and parsed here, in one
+        generator (each layer of generators costs on every token)."""
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        done = False
+
+        def parsed(payload: str) -> list[StreamDelta]:
+            nonlocal finish, usage, done
+            if payload == "[DONE]":
+                done = True  # read on to the end, so the connection goes back to the pool
+                return []
+            deltas, chunk_finish, chunk_usage = self._chunk(payload, chat)
+            finish = chunk_finish or finish
+            usage = chunk_usage or usage
+            return deltas
+
+        lines = SseLines(self.settings.max_response_bytes)
         # no total limit on a stream, but no more than timeout_s of silence between chunks
         async with self._slots, self._client().request(
             "POST", path, content, quiet_s=self.settings.timeout_s
         ) as resp:
             if resp.status >= 400:
                 raise self._status_error(resp.status, await self._read(resp, truncate=True))
-            async for delta in self._parse_sse(resp, chat):
-                yield delta
-
-    async def _parse_sse(self, resp: http1.Response, chat: bool
-                         ) -> AsyncIterator[StreamDelta]:
-        finish: FinishReason | None = None
-        usage: Usage | None = None
-        done = False
-        async for line in sse_lines(resp.chunks(), self.settings.max_response_bytes):
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                done = True
-                continue  # read to the end, so the connection goes back to the pool
-            try:
-                chunk = orjson.loads(payload)
-            except ValueError:
-                raise self._malformed(f"a streamed chunk is not JSON: {payload[:200]!r}"
-                                      ) from None
-            if isinstance(chunk, dict) and "error" in chunk:
-                raise UpstreamError(
-                    f"upstream {self.model_id} failed mid-stream: {str(chunk['error'])[:500]}",
-                    upstream=self.model_id,
-                )
-            try:
-                deltas, chunk_finish, chunk_usage = parse_chunk(chunk, chat)
-            except MalformedAnswer as exc:
-                raise self._malformed(str(exc)) from None
-            finish = chunk_finish or finish
-            usage = chunk_usage or usage
-            for delta in deltas:
-                yield delta
+            async for piece in resp.chunks():
+                for payload in lines.feed(piece):
+                    for delta in parsed(payload):
+                        yield delta
+            for payload in lines.close():
+                for delta in parsed(payload):
+                    yield delta
         if not done:
             raise UpstreamError(
                 f"upstream {self.model_id} closed the stream before [DONE]", upstream=self.model_id
             )
         yield StreamDelta(text="", logprobs=empty_logprobs(), finish_reason=finish or "stop",
                           usage=usage or Usage(0, 0))
+
+    def _chunk(self, payload: str, chat: bool
+               ) -> tuple[list[StreamDelta], FinishReason | None, Usage | None]:
+        """One event's data -> its deltas, finish reason and usage (an error event or bad JSON
+        is an UpstreamError)."""
+        try:
+            chunk = orjson.loads(payload)
+        except ValueError:
+            raise self._malformed(f"a streamed chunk is not JSON: {payload[:200]!r}") from None
+        if isinstance(chunk, dict) and "error" in chunk:
+            raise UpstreamError(
+                f"upstream {self.model_id} failed mid-stream: {str(chunk['error'])[:500]}",
+                upstream=self.model_id,
+            )
+        try:
+            return parse_chunk(chunk, chat)
+        except MalformedAnswer as exc:
+            raise self._malformed(str(exc)) from None
 
     async def generate_via_stream(self, request: GenerationRequest) -> Generation:
         return await collect(self.model_id, self.stream(request))
@@ -354,24 +359,37 @@ class OpenAIHttpBackend:
             )
 
 
-async def sse_lines(pieces: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[str]:
-    """The lines of an event stream from the body's pieces, whatever their length (a chunk
-    with many top-k alternatives can pass 64 KiB), in linear time; more than `max_bytes` in all
-    is an UpstreamError."""
-    tail: list[bytes] = []
-    seen = 0
-    async for piece in pieces:
-        seen += len(piece)
-        if seen > max_bytes:
-            raise UpstreamError(f"an upstream stream passed {max_bytes} bytes "
+class SseLines:
+    """The `data:` payloads of an event stream, fed the body piece by piece: whole lines only,
+    whatever their length (a chunk with many top-k alternatives can pass 64 KiB), in linear
+    time; more than `max_bytes` in all is an UpstreamError.
+
+    Example: feed(b"data: 1\n\nda") -> ["1"]; feed(b"ta: 2\n") -> ["2"]; close() -> [].
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.seen = 0
+        self._tail: list[bytes] = []
+
+    def feed(self, piece: bytes) -> list[str]:
+        self.seen += len(piece)
+        if self.seen > self.max_bytes:
+            raise UpstreamError(f"an upstream stream passed {self.max_bytes} bytes "
                                 "(server.max_upstream_response_bytes)")
         *lines, rest = piece.split(b"\n")
-        if lines:
-            lines[0] = b"".join([*tail, lines[0]])
-            tail = []
-            for line in lines:
-                yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if lines and self._tail:
+            lines[0] = b"".join([*self._tail, lines[0]])
+            self._tail = []
         if rest:
-            tail.append(rest)
-    if tail:
-        yield b"".join(tail).rstrip(b"\r").decode("utf-8", errors="replace")
+            self._tail.append(rest)
+        return [_payload(line) for line in lines if line.startswith(b"data:")]
+
+    def close(self) -> list[str]:
+        """The last line, if the stream did not end with a newline."""
+        line, self._tail = b"".join(self._tail), []
+        return [_payload(line)] if line.startswith(b"data:") else []
+
+
+def _payload(line: bytes) -> str:
+    return line[5:].strip().decode("utf-8", errors="replace")
