@@ -7,6 +7,9 @@ Starts `bench/_fake_upstream.py` (vLLM-shaped answers with logprobs after a fixe
 measures three targets in turn, each alone on the machine:
 
     direct   the upstream itself
+    floor    `bench/_floor_proxy.py`: a raw ASGI proxy on the router's stack (uvicorn, uvloop,
+             httptools, the router's HTTP client) with no cascade, scoring, metrics or
+             framework: the least any Python proxy adds on this machine
     router   `router serve` (one worker): a cascade of two openai_http tiers on the upstream,
              with a policy under which tier 0 always answers (one upstream call per request)
     router-wN  the same with `--workers N` (`--router-workers 1,2` adds router-w2): not pinned,
@@ -57,7 +60,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cascad
 # compare across runs (LiteLLM 1.82.7 and 1.82.8 were the compromised releases of March 2026)
 LITELLM_SPEC = "litellm[proxy]==1.106.12"
 CONCURRENCY = (1, 16, 64, 256)
-TARGETS = ("direct", "router", "litellm")
+TARGETS = ("direct", "floor", "router", "litellm")
 UPSTREAM_MODEL = "m"
 # both proxies check this key, as deployed ones do (LiteLLM refuses to start without a key)
 API_KEY = "sk-bench-" + "0123456789abcdef" * 4
@@ -242,7 +245,11 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
     port = free_port()
     log = workdir / f"{name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if name.startswith("router"):
+    if name == "floor":
+        cmd = [sys.executable, str(BENCH / "_floor_proxy.py"), "--port", str(port),
+               "--upstream", f"http://{HOST}:{upstream_port}/v1", "--key", API_KEY]
+        model = "cascade"
+    elif name.startswith("router"):
         cfg = router_config(workdir, upstream_port, args.tier_concurrency)
         workers = int(name.split("-w")[1]) if name.startswith("router-w") else 1
         if name == "router-baseline":
@@ -352,6 +359,8 @@ def summarize(cells: list[dict[str, Any]], targets: list[str],
             r, lt, d = row.get("router"), row.get("litellm"), row.get("direct")
             row["router_over_litellm"] = round(r / lt, 2) if r and lt else None
             row["router_over_direct"] = round(r / d, 3) if r and d else None
+            fl = row.get("floor")
+            row["floor_over_direct"] = round(fl / d, 3) if fl and d else None
             rates[f"{mode}/c{conc}"] = row
             for t in targets:
                 c = find(cells, t, stream, conc)
@@ -378,13 +387,14 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], targets: list[s
         out.append(f"  {key:<44} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
     out += ["", "sustained req/s without errors ('-' = errors or not run):",
             "  mode        conc " + "".join(f"{t:>{max(10, len(t) + 1)}}" for t in targets)
-            + "  router/litellm  router/direct"]
+            + "  router/litellm  router/direct  floor/direct"]
     for key, row in summary["sustained_rps"].items():
         mode, conc = key.split("/c")
         out.append(f"  {mode:<10} {conc:>5} " + "".join(f"{fmt(row[t]):>{max(10, len(t) + 1)}}"
                                                         for t in targets)
                    + f"  {fmt(row['router_over_litellm'], 2):>14}"
-                   + f"  {fmt(row['router_over_direct'], 3):>13}")
+                   + f"  {fmt(row['router_over_direct'], 3):>13}"
+                   + f"  {fmt(row.get('floor_over_direct'), 3):>12}")
     cpu = summary["proxy_cpu_ms_per_req"]
     if cpu:
         keys = list(next(iter(cpu.values())))
