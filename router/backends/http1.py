@@ -155,6 +155,11 @@ class _Connection(asyncio.Protocol):
         self.close()
         self._wake()
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the caller waits for the server now (rather than being busy)."""
+        return self._waiter is not None
+
     async def wait(self) -> None:
         """Until something new happens: headers, a piece of body, the end or an error."""
         self._waiter = self.loop.create_future()
@@ -283,7 +288,7 @@ class _Timer:
             self.conn.fail(TimeoutError("the upstream did not answer in time"))
             return
         if self.quiet_s is not None and now - self.conn.last_data >= self.quiet_s:
-            if self.conn._waiter is not None:  # silent while we wait, not while we are busy
+            if self.conn.waiting:  # silent while we wait, not while we are busy
                 self.conn.fail(TimeoutError(f"the upstream sent nothing for {self.quiet_s} s"))
                 return
             self.conn.last_data = now  # we were busy: the silence counts from now
