@@ -68,6 +68,19 @@ async def server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None
         await srv.wait_closed()
 
 
+def answer_once(data: bytes, *, abort: bool = False) -> Handler:
+    """A handler that reads one request, writes `data` and ends the connection (with `abort`
+    as a reset, without a `connection: close` header: what an idle timeout does)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(data)
+        await writer.drain()
+        if abort:
+            writer.transport.abort()
+
+    return handler
+
+
 async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while True:
         line, _, body = await read_request(reader)
@@ -134,11 +147,7 @@ async def test_chunked_answers_arrive_piece_by_piece() -> None:
 
 
 async def test_a_body_delimited_by_the_end_of_the_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-
+    handler = answer_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
     async with server(handler) as (url, _):
         pool = http1.Pool(url)
         async with pool.request("POST", "x", b"{}", timeout_s=5) as resp:
@@ -170,13 +179,7 @@ async def test_a_compressed_answer_is_decoded_and_capped_after_decoding(encoding
 async def test_a_stale_pooled_connection_is_replaced_once() -> None:
     """The server closes each connection after one answer without saying so (an idle
     keep-alive timeout that races the next request): the next request goes out anew."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer(b"ok"))
-        await writer.drain()
-        writer.transport.abort()  # closes without a connection: close header
-
-    async with server(handler) as (url, accepted):
+    async with server(answer_once(answer(b"ok"), abort=True)) as (url, accepted):
         pool = http1.Pool(url)
         for _ in range(3):
             async with pool.request("POST", "x", b"{}", timeout_s=5) as resp:
@@ -187,11 +190,7 @@ async def test_a_stale_pooled_connection_is_replaced_once() -> None:
 
 
 async def test_a_server_that_drops_a_fresh_connection_is_disconnected() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly a part")
-        await writer.drain()
-
+    handler = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly a part")
     async with server(handler) as (url, _):
         pool = http1.Pool(url)
         async with pool.request("POST", "x", b"{}", timeout_s=5) as resp:
