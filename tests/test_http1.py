@@ -353,3 +353,28 @@ async def test_https_upstreams_are_verified(tls_files: tuple[Path, Path]) -> Non
             async with pool.request("POST", "x", b"{}", timeout_s=5):
                 pass
         await pool.aclose()
+
+
+def test_a_pool_outlives_its_event_loop() -> None:
+    """Connections made on one event loop are dropped, not reused, on the next (their loop is
+    closed): the pool connects anew."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from tests.harness.server_thread import ServerThread
+
+    async def models(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    with ServerThread(Starlette(routes=[Route("/v1/models", models)])) as srv:
+        pool = http1.Pool(f"{srv.url}/v1/")
+
+        async def one() -> bytes:
+            async with pool.request("GET", "models", timeout_s=5) as resp:
+                return await resp.read(10)
+
+        assert asyncio.run(one()) == b"ok"
+        assert len(pool._idle) == 1  # kept, on a loop that is closed now
+        assert asyncio.run(one()) == b"ok"

@@ -187,7 +187,10 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            try:
+                self.transport.close()
+            except RuntimeError:  # its event loop is closed already (a pool used on a new one)
+                pass
         self.lost = True
 
     def recycle(self, now: float) -> None:
