@@ -238,8 +238,8 @@ async def test_the_total_timeout_and_the_silence_timeout() -> None:
         async with pool.request("POST", "x", b"{}", timeout_s=0.5) as resp:
             with pytest.raises(TimeoutError):
                 await resp.read(1000)
-        assert 0.4 < loop.time() - t0 < 1.5
-        async with pool.request("POST", "x", b"{}", quiet_s=0.5) as resp:  # never 0.5 s quiet
+        assert 0.4 < loop.time() - t0 < 3.0  # upper bounds leave room for a loaded machine
+        async with pool.request("POST", "x", b"{}", quiet_s=1.5) as resp:  # never 1.5 s quiet
             assert await resp.read(1000) == b"ok" * 20
         await pool.aclose()
 
@@ -257,7 +257,7 @@ async def test_the_total_timeout_and_the_silence_timeout() -> None:
             t0 = loop.time()
             with pytest.raises(TimeoutError):
                 await anext(pieces)
-            assert 0.2 < loop.time() - t0 < 1.0
+            assert 0.2 < loop.time() - t0 < 3.0
         await pool.aclose()
 
 

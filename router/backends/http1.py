@@ -87,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self.last_data = self.loop.time()
+        self.wait_since = 0.0  # when the caller last began to wait
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until something new happens: headers, a piece of body, the end or an error."""
+        self.wait_since = self.loop.time()
         self._waiter = self.loop.create_future()
         try:
             await self._waiter
@@ -278,10 +280,15 @@ class _Timer:
         self.handle: asyncio.TimerHandle | None = None
         self._arm(now)
 
+    def _quiet_since(self) -> float:
+        """Since when the server has been silent while the caller waits for it: the later of
+        its last bytes and the start of the wait (a busy caller's time is not silence)."""
+        return max(self.conn.last_data, self.conn.wait_since)
+
     def _arm(self, now: float) -> None:
         due = [self.deadline] if self.deadline is not None else []
         if self.quiet_s is not None:
-            due.append(max(self.conn.last_data + self.quiet_s, now))
+            due.append((self._quiet_since() if self.conn.waiting else now) + self.quiet_s)
         if due:
             self.handle = self.conn.loop.call_at(min(due), self._check)
 
@@ -290,11 +297,10 @@ class _Timer:
         if self.deadline is not None and now >= self.deadline:
             self.conn.fail(TimeoutError("the upstream did not answer in time"))
             return
-        if self.quiet_s is not None and now - self.conn.last_data >= self.quiet_s:
-            if self.conn.waiting:  # silent while we wait, not while we are busy
-                self.conn.fail(TimeoutError(f"the upstream sent nothing for {self.quiet_s} s"))
-                return
-            self.conn.last_data = now  # we were busy: the silence counts from now
+        if (self.quiet_s is not None and self.conn.waiting
+                and now - self._quiet_since() >= self.quiet_s):
+            self.conn.fail(TimeoutError(f"the upstream sent nothing for {self.quiet_s} s"))
+            return
         self._arm(now)
 
     def cancel(self) -> None:
