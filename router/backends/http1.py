@@ -19,6 +19,7 @@ Errors, the module's whole tree (the backend translates them to `UpstreamError`s
      + ConnectError      the connection could not be made (refused, DNS, connect timeout)
      + Disconnected      the server closed the connection before the answer was whole
      + ProtocolError     the bytes are not HTTP/1.1 (or not decodable content)
+     + BodyTooBig        an answer longer than `Response.read`'s cap
     TimeoutError         the total time or the silence between chunks ran out (builtin)
 
 A connection goes back to the pool only when its answer was read to the end with keep-alive;
@@ -243,7 +244,7 @@ class Response:
             await conn.wait()
 
     async def read(self, cap: int, *, truncate: bool = False) -> bytes:
-        """The whole body, at most `cap` bytes of it (decoded): past that `too_big()` is raised,
+        """The whole body, at most `cap` bytes of it (decoded): past that BodyTooBig is raised,
         or with `truncate` the first bytes are returned (for error bodies)."""
         parts: list[bytes] = []
         seen = 0
@@ -256,15 +257,12 @@ class Response:
                 raise BodyTooBig(cap)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    @property
-    def whole(self) -> bool:
-        return self._conn.complete and self._conn.error is None
-
 
 class BodyTooBig(HttpError):
+    """An answer longer than the reader's cap."""
+
     def __init__(self, cap: int) -> None:
         super().__init__(f"the answer is over {cap} bytes")
-        self.cap = cap
 
 
 class _Timer:

@@ -132,11 +132,10 @@ class ProtectionMiddleware:
             one layer: every write of a stream passes here."""
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                headers = message.get("headers", [])
-                for k, v in headers:
+                for k, v in message.get("headers", []):
                     if k == b"x-router-tier":
                         status["tier"] = v.decode()
-                message = {**message, "headers": [*headers, request_id]}
+                message = _with_header(message, request_id)
             await send(message)
 
         try:
@@ -254,7 +253,12 @@ def _with_request_id(send: Send, rid: str) -> Send:
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), header]}
+            message = _with_header(message, header)
         await send(message)
 
     return sending
+
+
+def _with_header(start: Message, header: tuple[bytes, bytes]) -> Message:
+    """An `http.response.start` message with one more header (a copy)."""
+    return {**start, "headers": [*start.get("headers", []), header]}
