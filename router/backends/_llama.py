@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from router.backends import _vocab_cache
 from router.backends._packing import (
     Segment,
     gather_logprobs,
@@ -99,6 +101,19 @@ class Cancelled(Exception):
     """Generation was aborted by the caller."""
 
 
+_backend_ready = False
+
+
+def _init_backend(llama_cpp: Any) -> None:
+    """llama.cpp's one-time process set-up, and its log quiet but for errors (as `llama_cpp.Llama`
+    does with verbose=False: llama-cpp-python routes llama.cpp's log through this logger)."""
+    global _backend_ready
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
 class LlamaEngine:
     """One GGUF model in one llama.cpp context. Callers serialise access (see EmbeddedBackend)."""
 
@@ -113,58 +128,70 @@ class LlamaEngine:
         flash_attn: bool = False,
     ) -> None:
         try:
-            from llama_cpp import Llama
+            import llama_cpp
+            from llama_cpp import _internals
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise ModelError(f"llama-cpp-python is not installed: {exc}") from None
         threads = n_threads or max(1, os.cpu_count() or 1)
+        _init_backend(llama_cpp)
+        # the model, context and batch are made directly rather than through `llama_cpp.Llama`,
+        # which also builds a one-sequence context (replaced here by one that holds the packed
+        # sequences), a sampler, its chat handlers and score buffers: ~0.25 s at every start
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx
+        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        # a unified KV cache (`kv_unified`) keeps one cell pool for all sequence ids, so a
+        # packed batch may mix windows of any lengths; generation uses sequence 0 alone
+        ctx_params.n_seq_max = MAX_PACKED_SEQUENCES
+        ctx_params.kv_unified = True
+        # YaRN settings as `Llama` sets them (llama.cpp's -1 would read them from the model)
+        ctx_params.yarn_attn_factor, ctx_params.yarn_beta_fast = 1.0, 32.0
+        ctx_params.yarn_beta_slow = 1.0
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
         try:
-            self._llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=False,
-                verbose=False,
-                seed=seed,
-                flash_attn=flash_attn,
-            )
-            self._packing_context()
+            model_params = llama_cpp.llama_model_default_params()
+            model_params.n_gpu_layers = 0  # as `Llama` defaults: the CPU, the file mmap'd
+            model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+            self._model = _internals.LlamaModel(path_model=str(path), params=model_params,
+                                                verbose=False)
+            self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params,
+                                                verbose=False)
+            # one sequence id per token (`_decode_packed` and `set_batch` write one)
+            self._batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1,
+                                                verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
+            self.close()
             raise ModelError(f"cannot load GGUF model {path}: {exc}") from None
-        import llama_cpp
-
         self._lc: Any = llama_cpp
         self.path = path
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.n_vocab = int(self._llm.n_vocab())
-        self._vocab = llama_cpp.llama_model_get_vocab(self._llm._model.model)
-        self.add_bos = bool(self._llm._model.add_bos_token())
-        self.bos = int(self._llm.token_bos())
-        self.eos = int(self._llm.token_eos())
-        self.metadata: dict[str, str] = dict(self._llm.metadata)
+        self.seed = seed  # generation seeds its own sampler per request (SampleParams.seed)
+        self.n_vocab = int(self._model.n_vocab())
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        self.add_bos = bool(self._model.add_bos_token())
+        self.bos = int(self._model.token_bos())
+        self.eos = int(self._model.token_eos())
+        self.metadata: dict[str, str] = dict(self._model.metadata())
         self._cached: list[int] = []  # tokens whose KV entries are in the context
         self._pieces: list[bytes] | None = None
         self._piece_len: npt.NDArray[np.int64] | None = None
 
-    def _packing_context(self) -> None:
-        """Replace the context Llama made (one sequence) with one that holds several.
+    def close(self) -> None:
+        """Free the batch, the context and the model, in that order (idempotent)."""
+        for name in ("_batch", "_ctx", "_model"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
+                setattr(self, name, None)
 
-        A unified KV cache (`kv_unified`) keeps one cell pool for all sequence ids, so a packed
-        batch may mix windows of any lengths; generation still uses sequence 0 alone.
-        """
-        from llama_cpp import _internals
-
-        params = self._llm.context_params
-        params.n_seq_max = MAX_PACKED_SEQUENCES
-        params.kv_unified = True
-        old = self._llm._ctx
-        self._llm._ctx = _internals.LlamaContext(
-            model=self._llm._model, params=params, verbose=False
-        )
-        old.close()  # type: ignore[no-untyped-call]
+    def __del__(self) -> None:
+        self.close()
 
     # -- vocabulary -------------------------------------------------------------------------
 
@@ -180,8 +207,12 @@ class LlamaEngine:
     def pieces(self) -> list[bytes]:
         """The UTF-8 bytes of every token (special tokens render as empty)."""
         if self._pieces is None:
-            self._pieces = [self._piece(t) for t in range(self.n_vocab)]
-            self._piece_len = np.array([len(p) for p in self._pieces], dtype=np.int64)
+            pieces = _vocab_cache.load(self.path, self.n_vocab)
+            if pieces is None:
+                pieces = [self._piece(t) for t in range(self.n_vocab)]
+                _vocab_cache.save(self.path, pieces)
+            self._pieces = pieces
+            self._piece_len = np.array([len(p) for p in pieces], dtype=np.int64)
         return self._pieces
 
     @property
@@ -198,7 +229,7 @@ class LlamaEngine:
         return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = False) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def token_id(self, piece: str) -> int | None:
         ids = self.tokenize(piece, add_bos=False, special=True)
@@ -214,7 +245,7 @@ class LlamaEngine:
         slightly and a greedy answer could depend on the previous request. Every request
         evaluates its whole prompt in batches instead: same request, same answer.
         """
-        self._lc.llama_memory_clear(self._llm._ctx.memory, False)  # every sequence id
+        self._lc.llama_memory_clear(self._ctx.memory, False)  # every sequence id
         self._cached.clear()
 
     def _decode(self, tokens: Sequence[int], n_past: int, all_logits: bool) -> F32:
@@ -223,23 +254,23 @@ class LlamaEngine:
         all_logits: one row per token (row i predicts token i+1); else only the last row.
         """
         out: list[F32] = []
-        batch = self._llm._batch
+        batch = self._batch
         for i in range(0, len(tokens), self.n_batch):
             chunk = list(tokens[i : i + self.n_batch])
             last_chunk = i + self.n_batch >= len(tokens)
             want_all = all_logits
             batch.set_batch(batch=chunk, n_past=n_past + i, logits_all=want_all)
             try:
-                self._llm._ctx.decode(batch)
+                self._ctx.decode(batch)
             except RuntimeError as exc:
-                self._llm._ctx.kv_cache_seq_rm(-1, n_past + i, -1)
+                self._ctx.kv_cache_seq_rm(-1, n_past + i, -1)
                 del self._cached[n_past + i :]
                 raise ModelError(f"llama.cpp decode failed: {exc}") from None
             self._cached.extend(chunk)
             if want_all or last_chunk:
                 rows = len(chunk) if want_all else 1
                 raw = np.ctypeslib.as_array(
-                    self._llm._ctx.get_logits(),  # type: ignore[no-untyped-call]
+                    self._ctx.get_logits(),  # type: ignore[no-untyped-call]
                     shape=(rows * self.n_vocab,),
                 )
                 out.append(log_softmax_rows(raw.reshape(rows, self.n_vocab)))
@@ -367,7 +398,7 @@ class LlamaEngine:
         Rows out_lo..out_hi-1 (relative to the sequence's tokens) ask for logits. Returns the
         output rows in batch order: a view of llama.cpp's buffer, valid until the next decode.
         """
-        b = self._llm._batch.batch
+        b = self._batch.batch
         n = sum(len(t) for _, t, _, _, _ in seqs)
         tok = np.ctypeslib.as_array(b.token, shape=(n,))
         pos = np.ctypeslib.as_array(b.pos, shape=(n,))
@@ -386,7 +417,7 @@ class LlamaEngine:
             o += m
         b.n_tokens = n
         try:
-            self._llm._ctx.decode(self._llm._batch)
+            self._ctx.decode(self._batch)
         except RuntimeError as exc:
             self._reset()
             raise ModelError(f"llama.cpp decode failed: {exc}") from None
@@ -394,7 +425,7 @@ class LlamaEngine:
         if n_out == 0:
             return np.zeros((0, self.n_vocab), np.float32)
         raw = np.ctypeslib.as_array(
-            self._llm._ctx.get_logits(),  # type: ignore[no-untyped-call]
+            self._ctx.get_logits(),  # type: ignore[no-untyped-call]
             shape=(n_out * self.n_vocab,),
         )
         return raw.reshape(n_out, self.n_vocab)
