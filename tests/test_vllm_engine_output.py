@@ -3,12 +3,18 @@ from SimpleNamespace) -> our values, and an output of another shape is an Upstre
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace as NS
 from typing import Any
 
 import pytest
 
-from router.backends.vllm_engine import generation_from_output, prompt_logprobs_from_output
+from router.backends.vllm_engine import (
+    VllmEngineBackend,
+    bytes_from_offsets,
+    generation_from_output,
+    prompt_logprobs_from_output,
+)
 from router.errors import UpstreamError
 
 
@@ -60,3 +66,59 @@ def test_prompt_logprobs() -> None:
     assert seq.top_logprobs is not None and seq.top_logprobs.tolist() == [[-0.5], [-0.1]]
     with pytest.raises(UpstreamError):
         prompt_logprobs_from_output("m", [7, 1, 2, 3], out, Tok(), 0)  # one entry short
+
+
+class ByteTok:
+    """A byte-level tokenizer: one token per UTF-8 byte, character offsets as Hugging Face's
+    fast tokenizers give them (every piece of a split character spans that character)."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def __call__(self, text: str, *, return_offsets_mapping: bool) -> dict[str, list[Any]]:
+        spans = [(i, i + 1) for i, ch in enumerate(text) for _ in ch.encode()]
+        return {"input_ids": self.encode(text), "offset_mapping": spans}
+
+
+class EncodeOnlyTok(ByteTok):
+    __call__ = None  # type: ignore[assignment]  # a tokenizer without offsets
+
+
+class ScoringLLM:
+    """vllm.LLM's surface that scoring uses: every prompt token after the first gets -1."""
+
+    def __init__(self, tok: Any, max_model_len: int) -> None:
+        self.tok = tok
+        self.llm_engine = NS(model_config=NS(max_model_len=max_model_len))
+        self.prompts: list[list[int]] = []
+
+    def get_tokenizer(self) -> Any:
+        return self.tok
+
+    def generate(self, prompts: list[dict[str, list[int]]], params: Any,
+                 use_tqdm: bool) -> list[NS]:
+        ids = [p["prompt_token_ids"] for p in prompts]
+        self.prompts += ids
+        return [NS(prompt_logprobs=[None, *({i: lp(-1.0, 1)} for i in p[1:])]) for p in ids]
+
+
+@pytest.mark.parametrize("max_model_len", [64, 7])  # one window, or strided windows of 6
+def test_scored_bytes_are_the_texts_bytes(monkeypatch: pytest.MonkeyPatch,
+                                          max_model_len: int) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", NS(SamplingParams=lambda **kw: kw))
+    text = "Tokyo: 日本語"  # 7 + 9 bytes, 16 byte-level tokens
+    llm = ScoringLLM(ByteTok(), max_model_len)
+    seq, = VllmEngineBackend("m", "/m")._score_sync(llm, [text], 0)
+    assert len(seq) == 15 and seq.token_bytes.sum() == 15  # all but the first token's byte
+    assert len(llm.prompts) == (1 if max_model_len == 64 else 5)  # window 6, stride 3
+    # without offsets each piece counts as decoded: the 9 pieces of 日本語 as U+FFFD each
+    seq, = VllmEngineBackend("m", "/m")._score_sync(ScoringLLM(EncodeOnlyTok(), 64), [text], 0)
+    assert seq.token_bytes.sum() == 6 + 9 * 3
+
+
+def test_bytes_from_offsets() -> None:
+    assert bytes_from_offsets("a 日", [1, 3, 3]) == [1, 4, 0]
+    assert bytes_from_offsets(" ab  ", [2, 3, 3]) == [2, 1, 2]  # trailing spaces: the last

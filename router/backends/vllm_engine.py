@@ -104,29 +104,29 @@ class VllmEngineBackend:
         from vllm import SamplingParams
 
         tok = llm.get_tokenizer()
-        docs: list[list[int]] = []
+        docs: list[tuple[list[int], list[int] | None]] = []  # token ids, their UTF-8 bytes
         for t in texts:
             if not t:
                 raise InputError("cannot score an empty text")
-            ids = tok.encode(t)
+            ids, nbytes = encode_with_bytes(tok, t)
             if len(ids) < 2:
                 raise InputError(f"text {t[:40]!r} has {len(ids)} token(s): need 2 to score")
-            docs.append(ids)
-        plans = [self._windows(llm, len(ids)) for ids in docs]
-        prompts = [ids[w.start : w.end] for ids, plan in zip(docs, plans, strict=True)
+            docs.append((ids, nbytes))
+        plans = [self._windows(llm, len(ids)) for ids, _ in docs]
+        prompts = [ids[w.start : w.end] for (ids, _), plan in zip(docs, plans, strict=True)
                    for w in plan]
         params = SamplingParams(
             max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0
         )
         outs = iter(llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                  use_tqdm=False))
-        windows = iter(prompts)
         result = []
-        for plan in plans:
+        for (ids, nbytes), plan in zip(docs, plans, strict=True):
             seq: TokenLogprobs | None = None
             for w in plan:  # a window scores its tokens from max(score_from, start + 1)
-                part = prompt_logprobs_from_output(self.model_id, next(windows), next(outs),
-                                                   tok, top_k)
+                part = prompt_logprobs_from_output(
+                    self.model_id, ids[w.start : w.end], next(outs), tok, top_k,
+                    token_bytes=None if nbytes is None else nbytes[w.start : w.end])
                 part = _tail(part, w.end - max(w.score_from, w.start + 1))
                 seq = part if seq is None else seq.concat(part)
             assert seq is not None
@@ -209,18 +209,52 @@ def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Gen
                             f"{type(exc).__name__}: {exc}", upstream=model_id) from None
 
 
+def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int] | None]:
+    """`text` -> its token ids and the UTF-8 bytes of `text` each token stands for (None from
+    a tokenizer without character offsets: then each token's decoded piece is counted).
+
+    Decoding one token at a time counts a character split over several byte-level tokens
+    once per piece, as U+FFFD (3 bytes each: Japanese text came out at ~1.8x its bytes)."""
+    try:
+        enc = tok(text, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    except (NotImplementedError, TypeError, ValueError, KeyError):  # slow or non-HF tokenizer
+        return list(tok.encode(text)), None
+    if len(offsets) != len(ids):
+        return ids, None
+    return ids, bytes_from_offsets(text, [int(end) for _, end in offsets])
+
+
+def bytes_from_offsets(text: str, ends: Sequence[int]) -> list[int]:
+    """UTF-8 bytes of `text` per token, from the character offset where each token ends: a
+    token covers what the tokens before it left (a byte-level token's leading space too), the
+    last one to the end of the text, and a character split over several tokens counts in the
+    first; the lengths sum to the bytes of `text`.
+    Example: ("a 日", [1, 3, 3]) -> [1, 4, 0]"""
+    out: list[int] = []
+    done = 0
+    for k, end in enumerate(ends):
+        stop = len(text) if k == len(ends) - 1 else max(done, min(end, len(text)))
+        out.append(len(text[done:stop].encode("utf-8")))
+        done = stop
+    return out
+
+
 def prompt_logprobs_from_output(model_id: str, ids: Sequence[int], out: Any, tok: Any,
-                                top_k: int) -> TokenLogprobs:
+                                top_k: int, *, token_bytes: Sequence[int] | None = None
+                                ) -> TokenLogprobs:
     """A vLLM `RequestOutput` of prompt scoring -> TokenLogprobs of tokens 1..n (the first
-    prompt token has no logprob); another shape is an UpstreamError."""
+    prompt token has no logprob); another shape is an UpstreamError. `token_bytes`: the bytes
+    of every token of `ids` (`encode_with_bytes`); else each decoded piece's."""
     try:
         scored = list(ids)[1:]
         entries = list(out.prompt_logprobs)[1:]
         lps = [float(e[i].logprob) for e, i in zip(entries, scored, strict=True)]
         pieces = [tok.decode([i]) for i in scored]
         tops = [[v for v, _ in _ranked(e, top_k)] for e in entries] if top_k > 0 else None
-        return TokenLogprobs.from_lists(lps, [len(p.encode("utf-8")) for p in pieces], tops,
-                                        pieces)
+        nbytes = (list(token_bytes)[1:] if token_bytes is not None
+                  else [len(p.encode("utf-8")) for p in pieces])
+        return TokenLogprobs.from_lists(lps, nbytes, tops, pieces)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, ScoringError) as exc:
         raise UpstreamError(f"vLLM engine {model_id} gave prompt logprobs of an unexpected "
                             f"shape: {type(exc).__name__}: {exc}", upstream=model_id) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from router.backends.base import Backend
-from router.config import EmbeddedTier, Settings
+from router.config import EmbeddedTier, Settings, VllmEngineTier
 from router.scoring import SignalSpec
 from router.select.options import ReadOptions
 from router.select.readers import Read
@@ -77,9 +77,21 @@ def build_select_backends(settings: Settings, model: str, reference: str | None 
     for name in (model, reference):
         if name is None:
             continue
-        tier = embedded_scoring(settings, name, threads=threads) or settings.tier(name)
+        tier = (embedded_scoring(settings, name, threads=threads)
+                or vllm_scoring(settings, name) or settings.tier(name))
         out[name] = build_backend(tier, settings)
     return out
+
+
+def vllm_scoring(settings: Settings, tier_name: str) -> VllmEngineTier | None:
+    """A vllm_engine tier as `select` scores with it: the `select` section's window and stride
+    applied, as to an embedded tier (None: not a vllm_engine tier)."""
+    tier = settings.tier(tier_name)
+    if not isinstance(tier, VllmEngineTier):
+        return None
+    sel = settings.select
+    return tier.model_copy(update={"score_window": sel.window or tier.score_window,
+                                   "score_stride": sel.stride or tier.score_stride})
 
 
 def embedded_scoring(settings: Settings, tier_name: str | None, *,
@@ -115,4 +127,4 @@ def scoring_kernels(settings: Settings, tier_name: str | None) -> dict[str, Any]
 
 
 __all__ = ["ScorePlan", "build_select_backends", "default_model", "embedded_scoring",
-           "scoring_kernels"]
+           "scoring_kernels", "vllm_scoring"]

