@@ -4,10 +4,12 @@
 
 Answers `POST /v1/chat/completions` (and `/v1/completions`) with vLLM's exact shapes, logprobs
 included (chat: `logprobs.content[]` with `bytes` and `top_logprobs`; SSE chunks with logprobs,
-then `data: [DONE]`), after a fixed delay. Streamed answers send every chunk after the delay, one
-write each (`--token-interval-ms` spaces them). Bodies are built once at start-up, so the
-upstream spends microseconds per request and the proxies in front of it are what is measured.
-Prints `port N` on stdout once it listens.
+then `data: [DONE]`), after a fixed delay. The alternatives are as many as the request asks
+(chat `top_logprobs`, completions `logprobs`; 0: the chosen tokens' logprobs only, as vLLM), at
+most `--top-logprobs`, which is also what a request that names none gets. Streamed answers
+send every chunk after the delay, one write each (`--token-interval-ms` spaces them). Bodies
+are built once per k, so the upstream spends microseconds per request and the proxies in
+front of it are what is measured. Prints `port N` on stdout once it listens.
 """
 
 from __future__ import annotations
@@ -115,10 +117,31 @@ class Answers:
                                              "param": None, "code": 400}}, "400 Bad Request")
 
 
+class AnswersByK:
+    """The `Answers` for each top-k a request asks for (built once per k, on first use), at
+    most `cap`; a request that names no k gets `cap`."""
+
+    def __init__(self, *, model: str, tokens: int, cap: int) -> None:
+        self.model, self.tokens, self.cap = model, tokens, cap
+        self._built: dict[int, Answers] = {}
+        self.default = self.get(cap)
+
+    def get(self, k: int) -> Answers:
+        k = max(0, min(k, self.cap))
+        if k not in self._built:
+            self._built[k] = Answers(model=self.model, tokens=self.tokens, top_logprobs=k)
+        return self._built[k]
+
+    def for_request(self, req: Any, chat: bool) -> Answers:
+        """Example: chat {"logprobs": true, "top_logprobs": 0} -> no alternatives; {} -> cap."""
+        k = req.get("top_logprobs") if chat else req.get("logprobs")
+        return self.get(k) if type(k) is int else self.default
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; requests are answered in order."""
 
-    def __init__(self, answers: Answers, delay_s: float, interval_s: float) -> None:
+    def __init__(self, answers: AnswersByK, delay_s: float, interval_s: float) -> None:
         self.answers = answers
         self.delay_s = delay_s
         self.interval_s = interval_s
@@ -162,7 +185,7 @@ class _Conn(asyncio.Protocol):
                          close=headers.get("connection") == "close")
 
     def _answer(self, method: str, path: str, body: bytes, *, close: bool) -> None:
-        a = self.answers
+        a = self.answers.default
         if method == "GET":
             out = a.models if path.endswith("/models") else a.health
             self._send([out], close)
@@ -176,6 +199,10 @@ class _Conn(asyncio.Protocol):
         except orjson.JSONDecodeError:
             self._send([a.bad], close)
             return
+        if isinstance(req, dict):
+            a = self.answers.for_request(req, chat)
+        else:
+            req = {}
         if not req.get("stream"):
             self.loop.call_later(self.delay_s, self._send, [a.chat if chat else a.completion],
                                  close)
@@ -239,7 +266,7 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
         pos = eol + 2 + size + 2
 
 
-async def serve(*, port: int, delay_s: float, interval_s: float, answers: Answers) -> None:
+async def serve(*, port: int, delay_s: float, interval_s: float, answers: AnswersByK) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(answers, delay_s, interval_s), HOST, port,
                                       backlog=4096)
@@ -255,10 +282,11 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=20.0)
     ap.add_argument("--token-interval-ms", type=float, default=0.0)
     ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--top-logprobs", type=int, default=5)
+    ap.add_argument("--top-logprobs", type=int, default=5,
+                    help="the most alternatives sent, and what a request naming none gets")
     ap.add_argument("--model", default="m")
     args = ap.parse_args()
-    answers = Answers(model=args.model, tokens=args.tokens, top_logprobs=args.top_logprobs)
+    answers = AnswersByK(model=args.model, tokens=args.tokens, cap=args.top_logprobs)
     try:
         asyncio.run(serve(port=args.port, delay_s=args.delay_ms / 1000,
                           interval_s=args.token_interval_ms / 1000, answers=answers))

@@ -1,9 +1,11 @@
 """The floor of `bench/overhead.py`: the least a Python proxy on the router's own stack does.
 
-    python bench/_floor_proxy.py --port 8010 --upstream http://127.0.0.1:8001/v1 --key sk-...
+    python bench/_floor_proxy.py --port 8010 --upstream http://127.0.0.1:8001/v1 --key sk-... \
+        [--top-logprobs 0]
 
 One raw ASGI app on uvicorn (uvloop, httptools), as `router serve` runs: it checks the bearer
-key, asks the upstream for the same answer the router asks for (logprobs, top 5) through the
+key, asks the upstream for the same answer the router asks for (logprobs; top 0 as the router
+under `bench/overhead.py`'s mean_logprob policy and `top_logprobs: auto`) through the
 router's HTTP client (`router.backends.http1`), and answers with the upstream's text (a whole
 answer: its JSON parsed and a small one written; a stream: the upstream's pieces passed on as
 they come). No cascade, no scoring, no metrics, no framework. What the router adds over this is
@@ -26,7 +28,7 @@ HEADERS = [(b"content-type", b"application/json")]
 STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
-def make_app(upstream: str, key: str) -> Any:
+def make_app(upstream: str, key: str, top_logprobs: int = 0) -> Any:
     pool = http1.Pool(upstream.rstrip("/") + "/", headers={"content-type": "application/json"})
     expected = f"Bearer {key}".encode()
 
@@ -51,7 +53,7 @@ def make_app(upstream: str, key: str) -> Any:
         stream = bool(req.get("stream"))
         ask = {"model": "m", "messages": req["messages"], "max_tokens": req.get("max_tokens"),
                "temperature": req.get("temperature", 0.0), "logprobs": True,
-               "top_logprobs": 5, "stream": stream}
+               "top_logprobs": top_logprobs, "stream": stream}
         async with pool.request("POST", "chat/completions", orjson.dumps(ask),
                                 timeout_s=None if stream else 60.0,
                                 quiet_s=60.0 if stream else None) as resp:
@@ -81,9 +83,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8001/v1")
     ap.add_argument("--key", required=True)
+    ap.add_argument("--top-logprobs", type=int, default=0, help="the alternatives asked for")
     args = ap.parse_args()
-    uvicorn.run(make_app(args.upstream, args.key), host="127.0.0.1", port=args.port,
-                loop="uvloop", http="httptools", log_level="warning", access_log=False)
+    uvicorn.run(make_app(args.upstream, args.key, args.top_logprobs), host="127.0.0.1",
+                port=args.port, loop="uvloop", http="httptools", log_level="warning",
+                access_log=False)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The app's own CPU per request: ASGI calls in-process, no client sockets.
 
     .venv/bin/python bench/app_cpu.py [--requests 2000] [--stream]
-    .venv/bin/python bench/app_cpu.py --upstream [--concurrency 64] [--stream]
+    .venv/bin/python bench/app_cpu.py --upstream [--concurrency 64] [--stream] [--signal S]
     PYTHONPATH=DIR .venv/bin/python bench/app_cpu.py     # the app of another source tree
 
 `bench/overhead.py` measures the router over real sockets, where the event loop's I/O and the
@@ -15,7 +15,9 @@ process): the CPU then includes the aiohttp client, the parsing of the upstream'
 the garbage collections their objects cause, with `--concurrency` requests in flight as under
 load, on uvloop as `router serve` runs. Either way the garbage collector is set as `router
 serve` sets it (`router.serve.run.tune_gc`, where the tree has it). The cascade's policy
-accepts tier 0. Reported: the best of 5 rounds of this process's CPU time per request.
+accepts tier 0, on `--signal` (mean_logprob: no alternatives needed; neg_mean_entropy reads
+the top-5, as the shipped preset does). Reported: the best of 5 rounds of this process's CPU
+time per request.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
 
-from serve_helpers import FakeBackend, make_settings
+from serve_helpers import FakeBackend, make_settings, write_policy
 
 from router.backends import Backend
 from router.serve.app import create_app
@@ -55,16 +57,19 @@ def upstream_tiers(port: int) -> list[dict[str, Any]]:
 
 
 async def measure(requests: int, stream: bool, *, upstream_port: int | None = None,
-                  concurrency: int = 1, rounds: int = 5) -> float:
+                  concurrency: int = 1, rounds: int = 5, signal: str = "mean_logprob") -> float:
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    policy = write_policy(tmp, "accept", {"kind": "threshold", "escalate_below": -100.0},
+                          signal=signal)
     backends: dict[str, Backend] | None = None
     if upstream_port is None:
-        settings = make_settings(tmp, escalate_below=-100.0)
+        settings = make_settings(tmp, cascade={"policy": str(policy)})
         backends = {"small": FakeBackend("fake-small", tokens=["tok"] * 16),
                     "large": FakeBackend("fake-large")}
     else:
-        settings = make_settings(tmp, escalate_below=-100.0, tiers=upstream_tiers(upstream_port),
-                                 server={"max_in_flight": 512, "max_queue": 512})
+        settings = make_settings(tmp, tiers=upstream_tiers(upstream_port),
+                                 server={"max_in_flight": 512, "max_queue": 512},
+                                 cascade={"policy": str(policy)})
     app = create_app(settings, backends, environ={}, preload=False)
     if tune_gc is not None:
         tune_gc()
@@ -139,21 +144,22 @@ def main() -> None:
     ap.add_argument("--upstream", action="store_true",
                     help="openai_http tiers on bench/_fake_upstream.py instead of FakeBackend")
     ap.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    ap.add_argument("--signal", default="mean_logprob", help="the policy's signal")
     args = ap.parse_args()
     proc, port = start_upstream() if args.upstream else (None, None)
     try:
         # with an upstream, the event loop `router serve` runs (uvicorn picks uvloop)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop if args.upstream else None) as r:
             us = r.run(measure(args.requests, args.stream, upstream_port=port,
-                               concurrency=args.concurrency))
+                               concurrency=args.concurrency, signal=args.signal))
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait()
     mode = "stream (16 tokens)" if args.stream else "non-stream"
     where = "openai_http upstream" if args.upstream else "instant backend"
-    print(f"{mode}, {where}, concurrency {args.concurrency}: {us:.0f} us of CPU per request "
-          f"(best of 5 x {args.requests})")
+    print(f"{mode}, {where}, concurrency {args.concurrency}, {args.signal}: {us:.0f} us of CPU "
+          f"per request (best of 5 x {args.requests})")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from router.prompting import DEFAULT_GENERATION, DEFAULT_ROLES, DEFAULT_STOP
 from router.weights import Weights
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+#: the top-k a tier with `top_logprobs: auto` asks for when its confidence reads alternatives
+AUTO_TOP_LOGPROBS = 5
+MAX_TOP_LOGPROBS = 20  # what OpenAI and vLLM take
 
 
 class _Strict(BaseModel):
@@ -75,7 +78,26 @@ class _TierBase(_Strict):
     prompt_template: PromptTemplateConfig | None = None
     price: Price = Field(default_factory=Price)
     policy: Path | None = None  # overrides cascade.policy for the decision after this tier
-    top_logprobs: int = Field(5, ge=1, le=20)
+    # the top-k alternatives asked for with every token (more if a client asks for more);
+    # `auto`: AUTO_TOP_LOGPROBS when the tier's confidence reads them (entropy, margin...),
+    # else none, only the chosen tokens' logprobs (less for the upstream to compute and send)
+    top_logprobs: int | Literal["auto"] = "auto"
+
+    @field_validator("top_logprobs", mode="plain")
+    @classmethod
+    def _top_logprobs(cls, value: Any) -> int | Literal["auto"]:
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_TOP_LOGPROBS):
+            return "auto" if value == "auto" else int(value)
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_TOP_LOGPROBS}")
+
+    def top_logprobs_for(self, reads_alternatives: bool) -> int:
+        """The k this tier asks for when its confidence does (not) read the alternatives.
+
+        Example: `auto` -> 5 or 0; `top_logprobs: 8` -> 8 either way.
+        """
+        if self.top_logprobs == "auto":
+            return AUTO_TOP_LOGPROBS if reads_alternatives else 0
+        return self.top_logprobs
 
 
 class EmbeddedTier(_TierBase):

@@ -65,6 +65,18 @@ class TokenLogprobs:
         return len(self.logprobs)
 
     @classmethod
+    def built(cls, logprobs: FloatArray, token_bytes: IntArray,
+              top_logprobs: FloatArray | None = None,
+              tokens: tuple[str, ...] | None = None) -> TokenLogprobs:
+        """Without `__post_init__`'s shape checks: for a parser that built the columns with
+        one length itself (a streamed token is one such call per token, and the checks and
+        the frozen dataclass's `__init__` were a third of its parse)."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(logprobs=logprobs, token_bytes=token_bytes,
+                            top_logprobs=top_logprobs, tokens=tokens)
+        return obj
+
+    @classmethod
     def from_lists(
         cls,
         logprobs: Sequence[float],

@@ -67,6 +67,16 @@ def test_default_config_runs_on_embedded_models() -> None:
             "model: y}\n",
             "repeated: a",
         ),
+        (
+            "tiers:\n - {name: a, backend: openai_http, base_url: u, model: x, top_logprobs: "
+            "all}\n",
+            r"tiers\[0\]\.top_logprobs: Value error, must be auto or a whole number from 1 to 20 "
+            r"\(got 'all'\)",
+        ),
+        (
+            "tiers:\n - {name: a, backend: embedded, model: x, top_logprobs: 0}\n",
+            r"tiers\[0\]\.top_logprobs: Value error, must be auto or a whole number",
+        ),
         ("tiers: [\n", "not valid YAML"),
         ("- 1\n- 2\n", "expected a mapping at the top level"),
     ],
@@ -100,3 +110,13 @@ def test_secrets_come_from_the_named_variable() -> None:
     assert resolve_secret(None, "K", {"K": "s3cret"}) == "s3cret"
     assert resolve_secret("inline", "K", {"K": "env"}) == "inline"
     assert resolve_secret(None, "K", {}) is None
+
+
+def test_top_logprobs_auto_asks_only_for_what_is_read(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, "tiers:\n - {name: a, backend: embedded, model: x}\n"
+                                       " - {name: b, backend: embedded, model: y, "
+                                       "top_logprobs: 8}\n"))
+    auto, fixed = s.tiers
+    assert auto.top_logprobs == "auto"
+    assert (auto.top_logprobs_for(True), auto.top_logprobs_for(False)) == (5, 0)
+    assert (fixed.top_logprobs_for(True), fixed.top_logprobs_for(False)) == (8, 8)

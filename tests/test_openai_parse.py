@@ -122,3 +122,31 @@ def test_an_answer_with_null_content_is_empty_text() -> None:
         {"choices": [{"message": {"content": None}, "finish_reason": "length"}]}, chat=True)
     assert (text, finish, len(lp), usage.completion_tokens) == ("", "length", 0, 0)
     assert np.asarray(lp.logprobs).dtype == np.float64
+
+
+@pytest.mark.parametrize("content", [
+    [{"token": " 42", "logprob": -0.1, "bytes": [32, 52, 50], "top_logprobs": []}],
+    [{"token": "é", "logprob": -2.5, "bytes": None}],  # bytes from the token's UTF-8
+    [{"token": "a", "logprob": -1, "top_logprobs": []}],  # an int logprob: the general path
+    [{"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.5, "top_logprobs": []}],
+])
+def test_chosen_tokens_only_as_asked_with_top_logprobs_0(content: list[dict[str, Any]]) -> None:
+    lp, alts = parse_chat_logprobs({"content": content})
+    assert alts is None and lp.top_logprobs is None and lp.tokens == tuple(
+        c["token"] for c in content)
+    assert lp.logprobs.dtype == np.float64 and lp.token_bytes.dtype == np.int64
+    assert lp.logprobs.tolist() == [c["logprob"] for c in content]
+    assert lp.token_bytes.tolist() == [len(c["token"].encode()) for c in content]
+
+
+@pytest.mark.parametrize("entry", [
+    {"token": "a", "logprob": None, "top_logprobs": []},
+    {"token": "a", "logprob": True, "top_logprobs": []},
+    {"token": "a", "logprob": "-1.0", "top_logprobs": []},
+    {"token": None, "logprob": -1.0, "top_logprobs": []},
+    {"token": "a", "logprob": -1.0, "bytes": 97, "top_logprobs": []},
+    {"logprob": -1.0},
+])
+def test_a_malformed_token_without_alternatives_is_refused(entry: dict[str, Any]) -> None:
+    with pytest.raises(MalformedAnswer):
+        parse_chat_logprobs({"content": [entry]})

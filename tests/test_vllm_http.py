@@ -79,6 +79,25 @@ async def test_completion_stream_matches_non_stream(vllm: VllmServer) -> None:
     assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 8
 
 
+@pytest.mark.parametrize("chat", [True, False])
+async def test_top_logprobs_0_gives_the_chosen_tokens_only(vllm: VllmServer, chat: bool) -> None:
+    """What a tier with `top_logprobs: auto` asks when its policy reads no alternatives."""
+    backend = _backend(vllm)
+    req = (GenerationRequest(messages=(ChatMessage("user", "How do I reset my password?"),),
+                             max_tokens=6, temperature=0.0, top_logprobs=0) if chat else
+           GenerationRequest(prompt="The capital of France is", max_tokens=6, temperature=0.0,
+                             top_logprobs=0))
+    whole = await backend.generate(req)
+    pieces = [d async for d in backend.stream(req)]
+    await backend.aclose()
+    assert len(whole.logprobs) == whole.usage.completion_tokens == 6
+    assert np.all(whole.logprobs.logprobs <= 0) and np.all(whole.logprobs.token_bytes > 0)
+    if chat:  # completions' logprobs 0 still carries the chosen token as its one alternative
+        assert whole.logprobs.top_logprobs is None and whole.alternatives is None
+    streamed = np.concatenate([d.logprobs.logprobs for d in pieces if len(d.logprobs)])
+    np.testing.assert_allclose(streamed, whole.logprobs.logprobs, atol=1e-4)
+
+
 async def test_prompt_scores_agree_with_the_embedded_backend(
     vllm: VllmServer, small_engine: LlamaEngine
 ) -> None:

@@ -127,10 +127,35 @@ def _chat_top(raw_top: list[Any], n: int, k: int) -> tuple[FloatArray, TopAltern
     return top, TopAlternatives(tuple(map(tuple, rows)))
 
 
+def _chosen_only(entry: Any) -> TokenLogprobs | None:
+    """One chat logprobs entry without alternatives (asked with top_logprobs 0), in the types
+    vLLM sends: {token: str, logprob: float, bytes: list | null, top_logprobs: [] | absent}.
+    None for anything else (the general path checks it and raises if it is malformed).
+
+    Example: {"token": " 42", "logprob": -0.1, "bytes": [32, 52, 50], "top_logprobs": []} ->
+    logprobs [-0.1], token_bytes [3], no top-k.
+    """
+    if type(entry) is not dict or entry.get("top_logprobs"):
+        return None
+    token, lp, raw_bytes = entry.get("token"), entry.get("logprob"), entry.get("bytes")
+    if type(token) is not str or type(lp) is not float:
+        return None
+    if raw_bytes is None:
+        nbytes = len(token.encode())
+    elif type(raw_bytes) is list:
+        nbytes = len(raw_bytes)
+    else:
+        return None
+    return TokenLogprobs.built(np.array((lp,)), np.array((nbytes,), np.int64), None, (token,))
+
+
 def _one_token(entry: Any) -> Parsed | None:
     """One chat logprobs entry with its top-k in descending order (a streamed token, as vLLM
     sends it): its logprob and top-k in one numpy array. None when the top-k needs sorting
     (the general path sorts it); malformed values raise as there."""
+    chosen = _chosen_only(entry)
+    if chosen is not None:
+        return chosen, None
     try:
         token = entry["token"]
         raw_top = entry.get("top_logprobs") or ()
@@ -147,7 +172,7 @@ def _one_token(entry: Any) -> Parsed | None:
     column = _numbers(values, "logprobs.content[].logprob and top_logprobs[].logprob")
     k = len(values) - 1
     top = column[1:].reshape(1, k) if k else None
-    lp = TokenLogprobs(column[:1], np.array([nbytes], np.int64), top, (token,))
+    lp = TokenLogprobs.built(column[:1], np.array((nbytes,), np.int64), top, (token,))
     return lp, TopAlternatives((tuple(tokens[1:]),)) if k else None
 
 
@@ -200,8 +225,8 @@ def parse_chat_logprobs(obj: Any) -> Parsed:
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedAnswer(f"logprobs.content entries need token and logprob ({exc!r})"
                               ) from None
-    lp = TokenLogprobs(_numbers(lps, "logprobs.content[].logprob"),
-                       np.array(nbytes, np.int64), top, tuple(tokens))
+    lp = TokenLogprobs.built(_numbers(lps, "logprobs.content[].logprob"),  # n of each
+                             np.array(nbytes, np.int64), top, tuple(tokens))
     return lp, alts
 
 

@@ -41,7 +41,8 @@ async def score_prompts(items: Sequence[EvalItem], settings: Settings, backend: 
     tier = settings.tiers[0]
     seqs, correct = [], []
     for i, item in enumerate(items):
-        gen = await backend.generate(request_for(item, max_tokens, tier.top_logprobs))
+        gen = await backend.generate(request_for(item, max_tokens,
+                                                  tier.top_logprobs_for(signal.needs_top_k)))
         seqs.append(gen.logprobs)
         correct.append(check_answer(item.check, gen.text) if item.check is not None else None)
         if (i + 1) % 10 == 0 or i + 1 == len(items):

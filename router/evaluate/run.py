@@ -43,7 +43,7 @@ async def answer_all(items: Sequence[EvalItem], tier: TierConfig, backend: Backe
     outs: list[TierOutput] = []
     started = time.perf_counter()
     for i, item in enumerate(items):
-        req = request_for(item, max_tokens, tier.top_logprobs)  # as serve asks
+        req = request_for(item, max_tokens, tier.top_logprobs_for(True))  # any signal may read it
         try:
             gen = await backend.generate(req)
         except RouterError as exc:

@@ -117,9 +117,16 @@ class Cascade:
         dl = settings.server.decision_log
         #: the judged answer's text goes into the decision log (with the question) only then
         self._log_text = dl is not None and dl.include_prompt
+        #: the threshold each tier's gauge shows (set again only when it moves)
+        self._shown: dict[str, float] = {}
         for t in self.tiers:
             if t.decider is not None:
-                metrics.THRESHOLD.labels(t.name).set(t.decider.threshold)
+                self._show_threshold(t.name, t.decider.threshold)
+
+    def _show_threshold(self, tier: str, threshold: float) -> None:
+        if self._shown.get(tier) != threshold:
+            self._shown[tier] = threshold
+            metrics.THRESHOLD.labels(tier).set(threshold)
 
     @property
     def top(self) -> Tier:
@@ -222,7 +229,7 @@ class Cascade:
         score = self._score(tier, attempt, got.logprobs, features, texts)
         attempt.threshold = tier.decider.threshold
         escalate = tier.decider.decide(score)
-        metrics.THRESHOLD.labels(tier.name).set(tier.decider.threshold)
+        self._show_threshold(tier.name, tier.decider.threshold)
         return "low_confidence" if escalate else None
 
     def _settle(self, out: Outcome, call: TierCall) -> None:

@@ -17,8 +17,7 @@ that ends in ClientDisconnected with status 499, nginx's "client closed request"
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from starlette.types import Receive
 
@@ -27,31 +26,39 @@ class ClientDisconnected(Exception):
     """The client closed the connection before its request was answered."""
 
 
-@asynccontextmanager
-async def cancelled_on_disconnect(receive: Receive) -> AsyncIterator[None]:
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
+class cancelled_on_disconnect:  # lower case: used as the function it was
+    """What the module docstring says, as a class: the generator and the wrapper that
+    `@asynccontextmanager` adds cost on every request (once for an answer, twice for a stream).
+    """
 
-    async def watch() -> None:
-        nonlocal gone
+    __slots__ = ("_gone", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
         try:
-            while (await receive())["type"] != "http.disconnect":
+            while (await self._receive())["type"] != "http.disconnect":
                 pass
         except Exception:  # a server that cannot say: the request just runs to its end
             return
-        gone = True
-        task.cancel()  # the task waits in the body: that is the only time this task runs
+        self._gone = True
+        self._task.cancel()  # the task waits in the body: that is the only time this one runs
 
-    watcher = asyncio.create_task(watch())
-    try:
-        yield
-    except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:  # ours, and nobody else's (a shutdown) too
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._watcher.cancel()
+        if exc_type is None:
+            if self._gone:  # the body swallowed the cancellation: the client is gone all the same
+                self._task.uncancel()
+                raise ClientDisconnected
+        elif (issubclass(exc_type, asyncio.CancelledError) and self._gone
+              and self._task.uncancel() == 0):  # ours, and nobody else's (a shutdown) too
             raise ClientDisconnected from None
-        raise
-    finally:
-        watcher.cancel()
-    if gone:  # the body swallowed the cancellation: the client is gone all the same
-        task.uncancel()
-        raise ClientDisconnected

@@ -20,8 +20,9 @@ log = logging.getLogger("router.serve")
 
 
 def request_id_of(request: Request) -> str:
-    """The id ProtectionMiddleware gave the request (a new one outside it)."""
-    rid = getattr(request.state, "request_id", None)
+    """The id ProtectionMiddleware gave the request (a new one outside it), read from the
+    scope's state itself (`request.state` builds a `State` around it on first use)."""
+    rid = (request.scope.get("state") or {}).get("request_id")
     return rid if isinstance(rid, str) else new_request_id()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
@@ -48,6 +48,22 @@ def _shadow(state: ServeState, outcome: Outcome, *, direct: bool, request: Gener
                               answer=answer, rid=rid)
 
 
+class JsonAnswer(Response):
+    """A whole answer: Starlette's `Response` with its headers encoded in one pass (its
+    `init_headers` lower-cases, encodes and searches them; ours are lower case already), in
+    the same order: ours, content-length, content-type."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [*((k.encode(), v.encode("latin-1")) for k, v in headers.items()),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"content-type", b"application/json")]
+
+
 def _logprobs(chat: bool, k: int | None, delta_lp: Any, alts: Any, offset: int = 0
               ) -> dict[str, Any] | None:
     if k is None:
@@ -83,8 +99,7 @@ async def respond(state: ServeState, *, chat: bool, model: str, request: Generat
              started=started, prompt=prompt, usage=gen.usage, request=request)
         _shadow(state, out, direct=direct is not None, request=request, prompt=prompt, rid=rid,
                 answer=gen.text)
-        return Response(orjson.dumps(payload), media_type="application/json",
-                        headers=out.headers())
+        return JsonAnswer(orjson.dumps(payload), out.headers())
 
     events = cascade.stream_batches(request, direct=direct, prompt_text=prompt)
     limit = state.settings.server.request_timeout_s

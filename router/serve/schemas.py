@@ -207,26 +207,28 @@ def _max_tokens(requested: int | None, server: ServerConfig) -> int:
     return min(requested or server.default_max_tokens, server.max_tokens_limit)
 
 
-def chat_request(body: ChatBody, server: ServerConfig, top_k: int) -> GenerationRequest:
+def chat_request(body: ChatBody, server: ServerConfig) -> GenerationRequest:
+    """The chat body -> the request every tier is asked; `top_logprobs` is the client's k
+    (0 when it asks for none), each tier asks for at least what its confidence reads
+    (`Tier.request_for`)."""
     messages = tuple(ChatMessage("system" if m.role == "developer" else m.role, m.text())
                      for m in body.messages)
     return GenerationRequest(
         messages=messages, max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens,
                                                   server),
         temperature=_temperature(body.temperature, server), top_p=body.top_p, stop=body.stops(),
-        top_logprobs=max(top_k, body.top_logprobs or 0, 1), seed=body.seed,
+        top_logprobs=body.top_logprobs or 0, seed=body.seed,
         extra=body.forwarded())
 
 
-def completion_request(body: CompletionBody, server: ServerConfig,
-                       top_k: int) -> GenerationRequest:
+def completion_request(body: CompletionBody, server: ServerConfig) -> GenerationRequest:
     prompt = body.prompt_text()
     if not prompt:
         raise InputError("prompt must not be empty", param="prompt")
     return GenerationRequest(
         prompt=prompt, max_tokens=_max_tokens(body.max_tokens, server),
         temperature=_temperature(body.temperature, server), top_p=body.top_p, stop=body.stops(),
-        top_logprobs=max(top_k, body.logprobs or 0, 1), seed=body.seed,
+        top_logprobs=body.logprobs or 0, seed=body.seed,
         extra=body.forwarded())
 
 

@@ -26,12 +26,6 @@ class ServeState:
     shadow: ShadowSampler | None = None
     metrics_registry: CollectorRegistry = REGISTRY  # a multiprocess one with N workers
 
-    #: the top-k every tier is asked for (the largest any tier's signal needs)
-    top_k: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.top_k = max(t.config.top_logprobs for t in self.cascade.tiers)
-
 
 async def get_state(request: Request) -> ServeState:  # async: FastAPI runs sync deps in threads
     state: ServeState = request.app.state.serve

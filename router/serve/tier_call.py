@@ -18,7 +18,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -88,6 +88,9 @@ class Tier:
     #: its confidence reads the words of the question or the answer (a learned rule's text
     #: blocks): only then are they handed to it
     reads_text: bool = field(init=False)
+    #: the top-k alternatives it asks for at least (`top_logprobs`; with `auto`, none unless
+    #: its confidence reads them)
+    top_k: int = field(init=False)
 
     def __post_init__(self) -> None:
         sig = self.signal
@@ -96,6 +99,7 @@ class Tier:
         self.judges_whole_answer = bool(self.probe_features) or (
             isinstance(sig, LearnedSignal) and sig.reads_answer_text)
         self.reads_text = isinstance(sig, LearnedSignal) and bool(sig.text)
+        self.top_k = self.config.top_logprobs_for(sig.needs_top_k)
 
     @property
     def name(self) -> str:
@@ -113,6 +117,15 @@ class Tier:
     @property
     def model(self) -> str:
         return self.config.model
+
+    def request_for(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as this tier asks it: at least its own top-k, more if the client asked.
+
+        Example: top_k 5 and a request for 2 -> 5; top_k 0 and a request for 3 -> 3.
+        """
+        if request.top_logprobs >= self.top_k:
+            return request
+        return replace(request, top_logprobs=self.top_k)
 
 
 @dataclass
@@ -260,7 +273,7 @@ class WholeAnswer(TierCall):
 
     def __init__(self, tier: Tier, request: GenerationRequest) -> None:
         super().__init__(tier)
-        self.request = request
+        self.request = tier.request_for(request)
         self.generation: Generation | None = None
 
     async def receive(self, *, judged: bool) -> Received:
@@ -286,10 +299,10 @@ class StreamedAnswer(TierCall):
 
     def __init__(self, tier: Tier, request: GenerationRequest, cfg: CascadeConfig) -> None:
         super().__init__(tier)
-        self.request = request
+        self.request = tier.request_for(request)
         self.cfg = cfg
         self.buffered: list[StreamDelta] = []
-        self._it = tier.backend.stream(request)
+        self._it = tier.backend.stream(self.request)
         self._done = False
 
     async def receive(self, *, judged: bool) -> Received:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fake_vllm
 import openai
 import pytest
 from fake_vllm import TOKENS, fake_vllm_app
-from serve_helpers import make_settings
+from serve_helpers import make_settings, write_policy
 
 from router.serve import create_app
 from tests.harness.server_thread import ServerThread, free_port
@@ -149,3 +150,61 @@ def test_readyz_checks_upstreams(router_for: Callable[..., openai.OpenAI]) -> No
     base = str(client.base_url).removesuffix("/v1/")
     r = httpx.get(f"{base}/readyz", timeout=20)
     assert r.status_code == 503 and r.json()["tiers"]["large"] == "ok"
+
+
+def _asked(body: dict[str, Any]) -> int:
+    """The top-k a request to the upstream asked for (chat top_logprobs, completions logprobs)."""
+    return int(body["top_logprobs"] if "messages" in body else body["logprobs"])
+
+
+@pytest.mark.parametrize(("signal", "tier_k", "client_k", "asked"), [
+    ("mean_logprob", None, None, 0),  # chosen-token signals read no alternatives: none asked
+    ("logprob_per_byte", None, 3, 3),  # the client's alternatives are asked for
+    ("neg_mean_entropy", None, None, 5),  # `auto` asks 5 for a signal that reads them
+    ("mean_margin", None, 2, 5),
+    ("mean_logprob", 2, None, 2),  # a fixed number is asked whatever the signal
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_upstream_is_asked_for_the_alternatives_someone_reads(
+        tmp_path: Any, upstream: ServerThread, serve_thread: Callable[[Any], ServerThread],
+        signal: str, tier_k: int | None, client_k: int | None, asked: int,
+        stream: bool) -> None:
+    url = f"{upstream.url}/v1"
+    tiers = [{**tier(n, m, url), **({"top_logprobs": tier_k} if tier_k else {})}
+             for n, m in (("small", "ok-low"), ("large", "ok"))]
+    policy = write_policy(tmp_path, "p", {"kind": "threshold", "escalate_below": 100.0},
+                          signal=signal)
+    settings = make_settings(tmp_path, tiers=tiers, cascade={"policy": str(policy)})
+    client = openai.OpenAI(base_url=f"{serve_thread(create_app(settings)).url}/v1",
+                           api_key="none", max_retries=0, timeout=20)
+    fake_vllm.RECEIVED.clear()
+    kw: dict[str, Any] = {"logprobs": True, "top_logprobs": client_k} if client_k else {}
+    raw = chat(client, stream=stream, **kw)
+    assert raw.headers["x-router-escalated"] == "true"  # both tiers are asked
+    assert raw.headers["x-router-confidence"] != "nan"  # the top tier's answer was scored
+    assert [_asked(b) for b in fake_vllm.RECEIVED] == [asked, asked]
+    if not stream and client_k:
+        content = raw.parse().choices[0].logprobs.content
+        assert {len(c.top_logprobs) for c in content} == {client_k}
+    fake_vllm.RECEIVED.clear()
+    comp = client.completions.create(model="cascade", prompt="hi", max_tokens=8,
+                                     logprobs=client_k, stream=stream)
+    assert comp is not None
+    assert [_asked(b) for b in fake_vllm.RECEIVED] == [asked, asked]
+
+
+def test_each_tier_asks_for_what_its_own_policy_reads(
+        tmp_path: Any, upstream: ServerThread,
+        serve_thread: Callable[[Any], ServerThread]) -> None:
+    url = f"{upstream.url}/v1"
+    entropy = write_policy(tmp_path, "entropy", {"kind": "threshold", "escalate_below": 100.0},
+                           signal="neg_mean_entropy")
+    tiers = [{**tier("small", "ok-low", url), "policy": str(entropy)}, tier("large", "ok", url)]
+    settings = make_settings(tmp_path, tiers=tiers)  # the cascade's policy: mean_logprob
+    client = openai.OpenAI(base_url=f"{serve_thread(create_app(settings)).url}/v1",
+                           api_key="none", max_retries=0, timeout=20)
+    fake_vllm.RECEIVED.clear()
+    raw = chat(client)
+    assert raw.headers["x-router-tier"] == "large"
+    assert [(b["model"], b["top_logprobs"]) for b in fake_vllm.RECEIVED] == [("ok-low", 5),
+                                                                            ("ok", 0)]

@@ -30,7 +30,7 @@ async def endpoint(request: Request) -> Response:
     body = parse_body(await request.body(), ChatBody)
     direct = state.cascade.route(body.model)
     check_supported(body, [t.config for t in ([direct] if direct else state.cascade.tiers)])
-    gen = chat_request(body, state.settings.server, state.top_k)
+    gen = chat_request(body, state.settings.server)
     return await respond(state, chat=True, model=body.model, request=gen,
                          prompt=prompt_text_of(body), stream=body.stream,
                          logprobs_k=(body.top_logprobs or 0) if body.logprobs else None,

@@ -24,7 +24,7 @@ async def endpoint(request: Request) -> Response:
     body = parse_body(await request.body(), CompletionBody)
     direct = state.cascade.route(body.model)
     check_supported(body, [t.config for t in ([direct] if direct else state.cascade.tiers)])
-    gen = completion_request(body, state.settings.server, state.top_k)
+    gen = completion_request(body, state.settings.server)
     return await respond(state, chat=False, model=body.model, request=gen,
                          prompt=prompt_text_of(body), stream=body.stream,
                          logprobs_k=body.logprobs, include_usage=body.include_usage,
