@@ -6,10 +6,11 @@ Answers `POST /v1/chat/completions` (and `/v1/completions`) with vLLM's exact sh
 included (chat: `logprobs.content[]` with `bytes` and `top_logprobs`; SSE chunks with logprobs,
 then `data: [DONE]`), after a fixed delay. The alternatives are as many as the request asks
 (chat `top_logprobs`, completions `logprobs`; 0: the chosen tokens' logprobs only, as vLLM), at
-most `--top-logprobs`, which is also what a request that names none gets. Streamed answers
-send every chunk after the delay, one write each (`--token-interval-ms` spaces them). Bodies
-are built once per k, so the upstream spends microseconds per request and the proxies in
-front of it are what is measured. Prints `port N` on stdout once it listens.
+most `--top-logprobs`, which is also what a chat request with `logprobs: true` and no k gets;
+a request that asks for no logprobs gets none, as from vLLM (the direct call of overhead.py).
+Streamed answers send every chunk after the delay, one write each (`--token-interval-ms` spaces
+them). Bodies are built once per k, so the upstream spends microseconds per request and the
+proxies in front of it are what is measured. Prints `port N` on stdout once it listens.
 """
 
 from __future__ import annotations
@@ -65,20 +66,24 @@ def _sse(obj: Any) -> bytes:
 class Answers:
     """Every response this upstream sends, as ready bytes: (head + body) or (head, [chunks])."""
 
-    def __init__(self, *, model: str, tokens: int, top_logprobs: int, lp: float = -0.05) -> None:
+    def __init__(self, *, model: str, tokens: int, top_logprobs: int | None,
+                 lp: float = -0.05) -> None:
         toks = [WORDS[i % len(WORDS)] for i in range(tokens)]
-        k = top_logprobs
+        k = top_logprobs or 0
+        with_lp = top_logprobs is not None  # None: the request asked for no logprobs
         text = "".join(toks)
         self.chat = _json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
                                                  "content": text, "tool_calls": []},
-                         "logprobs": {"content": [_chat_entry(t, lp, k) for t in toks]},
+                         "logprobs": {"content": [_chat_entry(t, lp, k) for t in toks]}
+                         if with_lp else None,
                          "finish_reason": "stop", "stop_reason": None}],
             "usage": _usage(tokens), "prompt_logprobs": None})
         self.completion = _json_response({
             "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": _completion_lp(toks, lp, k, 0),
+            "choices": [{"index": 0, "text": text,
+                         "logprobs": _completion_lp(toks, lp, k, 0) if with_lp else None,
                          "finish_reason": "stop", "stop_reason": None, "prompt_logprobs": None}],
             "usage": _usage(tokens)})
         self.stream_head = _head("200 OK", "content-type: text/event-stream; charset=utf-8\r\n"
@@ -90,7 +95,8 @@ class Answers:
             "index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
             "finish_reason": None}]})]
         self.chat_chunks += [_sse({**chat, "choices": [{
-            "index": 0, "delta": {"content": t}, "logprobs": {"content": [_chat_entry(t, lp, k)]},
+            "index": 0, "delta": {"content": t},
+            "logprobs": {"content": [_chat_entry(t, lp, k)]} if with_lp else None,
             "finish_reason": None}]}) for t in toks]
         self.chat_chunks.append(_sse({**chat, "choices": [{
             "index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "stop",
@@ -99,7 +105,7 @@ class Answers:
         comp = {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model}
         starts = list(itertools.accumulate((len(t) for t in toks[:-1]), initial=0))
         self.completion_chunks = [_sse({**comp, "choices": [{
-            "index": 0, "text": t, "logprobs": _completion_lp([t], lp, k, s),
+            "index": 0, "text": t, "logprobs": _completion_lp([t], lp, k, s) if with_lp else None,
             "finish_reason": None, "stop_reason": None}]}) for t, s in zip(toks, starts,
                                                                               strict=True)]
         self.completion_chunks.append(_sse({**comp, "choices": [{
@@ -119,22 +125,31 @@ class Answers:
 
 class AnswersByK:
     """The `Answers` for each top-k a request asks for (built once per k, on first use), at
-    most `cap`; a request that names no k gets `cap`."""
+    most `cap`. As vLLM: a chat request without `logprobs: true` (a completions request without
+    `logprobs`) gets no logprobs at all; one that asks without naming a k gets `cap`."""
 
     def __init__(self, *, model: str, tokens: int, cap: int) -> None:
         self.model, self.tokens, self.cap = model, tokens, cap
-        self._built: dict[int, Answers] = {}
+        self._built: dict[int | None, Answers] = {}
         self.default = self.get(cap)
 
-    def get(self, k: int) -> Answers:
-        k = max(0, min(k, self.cap))
+    def get(self, k: int | None) -> Answers:
+        k = None if k is None else max(0, min(k, self.cap))
         if k not in self._built:
             self._built[k] = Answers(model=self.model, tokens=self.tokens, top_logprobs=k)
         return self._built[k]
 
     def for_request(self, req: Any, chat: bool) -> Answers:
-        """Example: chat {"logprobs": true, "top_logprobs": 0} -> no alternatives; {} -> cap."""
-        k = req.get("top_logprobs") if chat else req.get("logprobs")
+        """Example: chat {"logprobs": true, "top_logprobs": 0} -> no alternatives; {} -> no
+        logprobs; {"logprobs": true} -> `cap` alternatives."""
+        if chat:
+            if req.get("logprobs") is not True:
+                return self.get(None)
+            k = req.get("top_logprobs")
+        else:
+            k = req.get("logprobs")
+            if k is None:
+                return self.get(None)
         return self.get(k) if type(k) is int else self.default
 
 
