@@ -3,17 +3,19 @@ score slices and the checkpoint step."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from select_helpers import make_docs, write_jsonl
+from select_helpers import FakeBackend, make_docs, write_jsonl
 
+from router.scoring import TokenLogprobs
 from router.select.options import ReadOptions
 from router.select.readers import Read
-from router.select.scorer import slices
+from router.select.scorer import Score, slices
 from router.select.sources import MARK_EVERY, Mark, SourceIndex, expand_inputs, index_source
 from router.select.steps import RECORD_SCHEMA, Stats, Step, pipe, stats_of
 from router.select.tasks import gaps, plan_tasks, tasks_table
@@ -123,3 +125,36 @@ def test_unmarked_chunks_are_redone(tmp_path: Path) -> None:
     assert work.done_ranges() == {} and not list(work.scores.iterdir())
     with pytest.raises(Exception, match="a changed"):
         work.start({"a": 2}, resume=True)
+
+
+class _CountingBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    async def score(self, texts: Sequence[str]) -> list[TokenLogprobs]:
+        self.calls.append(len(texts))
+        return await super().score(texts)
+
+
+@pytest.mark.parametrize(("bad", "calls"), [((), 1), ((5,), 11), ((0, 31), 19), ((3, 4), 15)])
+def test_a_refused_text_is_found_by_halving_and_the_rest_stay_packed(
+        bad: tuple[int, ...], calls: int) -> None:
+    good = ["the cat sat " + "on the mat " * (i + 1) for i in range(32)]
+    # a refused text is one word as long as the good text it replaces: length order = index
+    texts = ["x" * len(t) if i in bad else t for i, t in enumerate(good)]
+    backend = _CountingBackend()
+    step = Score(backend, batch_size=32)
+    seqs, reasons = step._score_texts(backend, texts)
+    step.close()
+    assert [i for i, r in enumerate(reasons) if r] == sorted(bad)
+    assert all("cannot score (fake-lm)" in str(reasons[i]) for i in bad)
+    assert [i for i, s in enumerate(seqs) if s is None] == sorted(bad)
+    alone = _CountingBackend()
+    for i, text in enumerate(texts):
+        if i not in bad:
+            [ref] = asyncio.run(alone.score([text]))
+            seq = seqs[i]
+            assert seq is not None and seq.logprobs.tolist() == ref.logprobs.tolist()
+    assert len(backend.calls) == calls
+    assert sum(n for n in backend.calls if n == 1) <= len(bad) * 2  # singles only near culprits
