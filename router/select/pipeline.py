@@ -32,7 +32,13 @@ from router.select.emit import WriteShards
 from router.select.engines import open_engine
 from router.select.metrics_export import SelectMetrics
 from router.select.options import SelectOptions
-from router.select.plan import ScorePlan, default_model, embedded_scoring, scoring_kernels
+from router.select.plan import (
+    ScorePlan,
+    default_model,
+    embedded_scoring,
+    scoring_kernels,
+    scoring_setup,
+)
 from router.select.progress import Progress
 from router.select.sources import MARK_EVERY, Source, SourceIndex, expand_inputs, index_source
 from router.select.sources import source_of as _source_of
@@ -75,7 +81,9 @@ def _fingerprint(sources: list[Source], plan: ScorePlan) -> dict[str, Any]:
             "text_field": r.text_field, "id_field": r.id_field, "text_format": r.text_format,
             "stratify": r.stratify,
             "kernels": [scoring_kernels(plan.settings, plan.model),
-                        scoring_kernels(plan.settings, plan.reference)]}
+                        scoring_kernels(plan.settings, plan.reference)],
+            "scoring": [scoring_setup(plan.settings, plan.model),
+                        scoring_setup(plan.settings, plan.reference)]}
 
 
 def task_records(todo: int, workers: int) -> int:

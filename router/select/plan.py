@@ -126,5 +126,23 @@ def scoring_kernels(settings: Settings, tier_name: str | None) -> dict[str, Any]
     return None if tier is None else {"weights": tier.weights, "flash_attn": tier.flash_attn}
 
 
+def scoring_setup(settings: Settings, tier_name: str | None) -> dict[str, Any] | None:
+    """What else decides a tier's scores, for a run's fingerprint: its backend and model, the
+    windows it scores in, and a vllm_engine tier's engine arguments (dtype, max_model_len...).
+    Example: the default small tier -> {"backend": "embedded", "model":
+    "smollm2-135m-instruct", "n_ctx": 2048, "window": None, "stride": None}"""
+    if tier_name is None:
+        return None
+    tier = (embedded_scoring(settings, tier_name) or vllm_scoring(settings, tier_name)
+            or settings.tier(tier_name))
+    out: dict[str, Any] = {"backend": tier.backend, "model": tier.model}
+    if isinstance(tier, EmbeddedTier):
+        out.update(n_ctx=tier.n_ctx, window=tier.score_window, stride=tier.score_stride)
+    elif isinstance(tier, VllmEngineTier):
+        out.update(engine_args=tier.engine_args, window=tier.score_window,
+                   stride=tier.score_stride)
+    return out
+
+
 __all__ = ["ScorePlan", "build_select_backends", "default_model", "embedded_scoring",
-           "scoring_kernels", "vllm_scoring"]
+           "scoring_kernels", "scoring_setup", "vllm_scoring"]

@@ -60,13 +60,15 @@ class WorkDir:
     def start(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
         """Create the work dir, or check that a resumed run scores the same thing."""
         run = self.root / "run.json"
+        fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from run.json
         if run.exists():
             if not resume:
                 raise InputError(f"{self.out} holds an unfinished run; pass --resume to continue "
                                  "it, or choose another --out")
             old = json.loads(run.read_text(encoding="utf-8"))
             for key, value in fingerprint.items():
-                if old.get(key) != value:
+                # a key that an older version did not record is not checked (`scoring`)
+                if key in old and old[key] != value:
                     raise InputError(f"{self.out}: cannot resume: {key} changed "
                                      f"({old.get(key)!r} -> {value!r})")
         elif (self.out / "stats.json").exists() and not resume:

@@ -152,6 +152,35 @@ def test_a_run_records_its_weights_and_does_not_resume_with_others(
     assert run_fake(inputs, tmp_path / "q", weights="file")["weights"] == "file"
 
 
+def test_a_run_does_not_resume_with_other_windows(tmp_path: Path, run_fake: Run) -> None:
+    """The scoring tier's backend, model and windows are in the run's fingerprint; a run.json
+    of a version that did not record them still resumes."""
+    import yaml
+
+    from router.config import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text("utf-8"))
+    raw["cascade"]["policy"] = str(DEFAULT_CONFIG.parent / raw["cascade"]["policy"])
+    raw["select"]["window"] = 64
+    windowed = tmp_path / "windowed.yaml"
+    windowed.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    inputs = three_shards(tmp_path)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(inputs, out, backends={"small": FakeBackend(fail_after=17)}, shard_size=5,
+                 checkpoint_records=5, config=windowed)
+    run_json = out / "_work" / "run.json"
+    run = json.loads(run_json.read_text())
+    assert run["scoring"] == [{"backend": "embedded", "model": "smollm2-135m-instruct",
+                               "n_ctx": 2048, "window": 64, "stride": None}, None]
+    with pytest.raises(Exception, match=r"cannot resume: scoring changed .*'window': 64"):
+        run_fake(inputs, out, shard_size=5, resume=True)  # config.yaml: no window
+    del run["scoring"]
+    run_json.write_text(json.dumps(run))
+    stats = run_fake(inputs, out, shard_size=5, resume=True)
+    assert sum(stats["counts"].values()) > 0
+
+
 def test_difference_rule_with_reference(tmp_path: Path, run_fake: Run) -> None:
     from router.policy import DifferenceRule
 
