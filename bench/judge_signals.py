@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from router.backends import ChatMessage, GenerationRequest, build_backends
+from router.backends.base import Generation, Usage
 from router.backends.embedded import EmbeddedBackend
 from router.config import load_settings
 from router.evaluate.data import load_recorded
@@ -101,10 +102,8 @@ async def judge(path: Path, out: Path | None, limit: int | None) -> list[dict[st
     return rows
 
 
-def _as_generation(text: str) -> Any:
+def _as_generation(text: str) -> Generation:
     """What `_verify` reads of tier 0's answer: its text."""
-    from router.backends.base import Generation, Usage
-
     empty = TokenLogprobs(np.zeros(0), np.zeros(0, np.int64))
     return Generation(model="recorded", text=text, finish_reason="stop", logprobs=empty,
                       usage=Usage(0, 0))

@@ -212,7 +212,7 @@ class LlamaEngine:
                 pieces = [self._piece(t) for t in range(self.n_vocab)]
                 _vocab_cache.save(self.path, pieces)
             self._pieces = pieces
-            self._piece_len = np.array([len(p) for p in pieces], dtype=np.int64)
+            self._piece_len = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
         return self._pieces
 
     @property
