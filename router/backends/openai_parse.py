@@ -342,9 +342,41 @@ def parse_answer(data: Any, chat: bool) -> tuple[str, FinishReason, Parsed, Usag
     return text, parse_finish(choice.get("finish_reason")) or "stop", parsed, usage
 
 
+def _one_token_chunk(chunk: Any) -> list[StreamDelta] | None:
+    """A streamed chat chunk of one token without alternatives, the bulk of a stream under a
+    policy that reads no alternatives: {"choices": [{"delta": {"content": str}, "logprobs":
+    {"content": [entry]}, "finish_reason": null}]} and no usage -> its one delta. None for any
+    other chunk (the general path parses it, and raises if it is malformed).
+
+    The checks are the general path's, done once on the exact types: a stream parses one of
+    these per token, and the general path's layers of checks were most of its cost."""
+    if type(chunk) is not dict or chunk.get("usage"):
+        return None
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta, lp = choice.get("delta"), choice.get("logprobs")
+    if type(delta) is not dict or type(lp) is not dict:
+        return None
+    text, content = delta.get("content"), lp.get("content")
+    if type(text) is not str or type(content) is not list or len(content) != 1:
+        return None
+    token = _chosen_only(content[0])
+    if token is None:
+        return None
+    return [StreamDelta(text, token)]
+
+
 def parse_chunk(chunk: Any, chat: bool) -> tuple[list[StreamDelta], FinishReason | None,
                                                   Usage | None]:
     """One streamed chunk -> (its deltas with text or tokens, its finish reason, its usage)."""
+    if chat:
+        one = _one_token_chunk(chunk)
+        if one is not None:
+            return one, None, None
     _expect(isinstance(chunk, dict), "a streamed chunk must be a JSON object")
     usage = parse_usage(chunk["usage"], 0) if chunk.get("usage") else None
     choices = chunk.get("choices") or []
