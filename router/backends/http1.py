@@ -31,6 +31,7 @@ of an idle keep-alive timeout) is sent once more on a new connection.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl
 import zlib
 from collections import deque
@@ -72,7 +73,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.idle_since = 0.0
         self.used = False  # has carried a request before (a pooled one)
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = None  # see connection_made
         self._begin()
 
     def _begin(self) -> None:
@@ -94,12 +95,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # the parser holds this connection's callbacks, and so the connection: made here, not
+        # in __init__ (a refused connection never gets one) and dropped when the connection
+        # is lost, so that no connection leaves a cycle for the collector
+        self._parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         self.last_data = self.loop.time()
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(data)  # type: ignore[union-attr]  # made before any data
         except httptools.HttpParserError as exc:
             self.fail(ProtocolError(f"not an HTTP/1.1 answer: {exc}"))
 
@@ -108,6 +113,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._parser = None
         if not self.complete and self.error is None:
             if self.headers_done and self._until_close():
                 self.complete = True  # a body delimited by the end of the connection
@@ -122,8 +128,10 @@ class _Connection(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self.keep_alive = self._parser.should_keep_alive()
+        parser = self._parser
+        assert parser is not None  # its own callback
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         self.headers_done = True
         self._wake()
 
@@ -149,6 +157,13 @@ class _Connection(asyncio.Protocol):
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def failure(self) -> BaseException:
+        """`error`, to raise: a copy, whose traceback (frames that hold this connection) the
+        connection does not hold. Raising `error` itself made a cycle per failed answer, left
+        to the collector (whose collections pause the server)."""
+        assert self.error is not None
+        return copy.copy(self.error)
 
     def fail(self, error: BaseException) -> None:
         """End the answer with `error` (a timeout, bad bytes) and drop the connection."""
@@ -238,7 +253,7 @@ class Response:
                     yield data
                 continue
             if conn.error is not None:
-                raise conn.error
+                raise conn.failure()
             if conn.complete:
                 return
             await conn.wait()
@@ -352,6 +367,9 @@ class Pool:
             raise ConnectError(f"connecting to {self.host}:{self.port} took over "
                                f"{self.connect_timeout_s} s") from None
         except OSError as exc:
+            # its traceback holds asyncio's frames, and on Python 3.11 one of them holds the
+            # future that holds this error: a cycle per failed connection, left to the collector
+            exc.__traceback__ = None
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         return conn
 
@@ -423,7 +441,7 @@ class _Exchange:
             try:
                 while not conn.headers_done:
                     if conn.error is not None:
-                        raise conn.error
+                        raise conn.failure()
                     await conn.wait()
                 response = Response(conn)
             except Disconnected:

@@ -145,7 +145,10 @@ class OpenAIHttpBackend:
         fewer than `max_retries`."""
         err = exc if isinstance(exc, UpstreamError) else self._translate(exc)
         if not retry or not err.retryable or tries >= self.settings.max_retries:
-            raise err from None
+            try:
+                raise err from None
+            finally:  # its traceback holds this frame, which must not hold it: no cycle
+                del err, exc
 
     async def _backoff(self, tries: int) -> None:
         """The jittered exponential pause before retry number `tries` (1, 2, ...)."""

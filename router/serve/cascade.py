@@ -299,7 +299,10 @@ class Cascade:
                 got = await call.receive(judged=not last)
             except Exception as exc:
                 await call.aclose()
-                err = _as_router_error(exc, tier)
+                # kept without its traceback, which holds this frame: with it, a cycle per
+                # failed call that only the collector frees (and its collections pause the
+                # server); `_as_router_error` logged what an unexpected one needs
+                err = _as_router_error(exc, tier).with_traceback(None)
                 self._failed(tier, call.attempt, err, call.started)
                 if not last:
                     self._escalate(out, tier, call.attempt, _reason_for(err))
@@ -310,7 +313,7 @@ class Cascade:
             try:
                 reason = None if last else await self._judge(call, got)
             except Exception as exc:  # a probe failed: the tier cannot vouch for its answer
-                err = _as_router_error(exc, tier)
+                err = _as_router_error(exc, tier).with_traceback(None)
                 self._account(call, got.usage, len(got.logprobs))
                 self._escalate(out, tier, call.attempt, _reason_for(err))
                 call.attempt.error = err.message
@@ -329,7 +332,10 @@ class Cascade:
         if rejected and self.settings.cascade.degraded_fallback:
             return await self._fall_back(rejected, out, start)
         assert err is not None
-        raise err
+        try:
+            raise err
+        finally:  # as above: the raised error's traceback holds this frame
+            del err
 
     async def _fall_back(self, rejected: list[tuple[Call, bool]], out: Outcome,
                          start: Callable[[Tier], Call]) -> Call:

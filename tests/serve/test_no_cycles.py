@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from serve_helpers import FakeBackend, make_settings
+import uvloop
+from serve_helpers import REPO, FakeBackend, make_settings
 
 from router.errors import UpstreamUnavailable
 from router.serve.app import create_app
@@ -39,7 +44,8 @@ def _scope(path: str, body: bytes) -> dict[str, Any]:
                         (b"content-length", str(len(body)).encode())]}
 
 
-async def _call(app: Any, path: str, body: bytes) -> int:
+async def _call(app: Any, path: str, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+                ) -> int:
     """One request; its status. `receive` hands out the body, then waits (the client stays)."""
     sent = False
     stays = asyncio.Event()
@@ -57,7 +63,9 @@ async def _call(app: Any, path: str, body: bytes) -> int:
         if message["type"] == "http.response.start":
             status.append(message["status"])
 
-    await app(_scope(path, body), receive, send)
+    scope = _scope(path, body)
+    scope["headers"] += list(headers)
+    await app(scope, receive, send)
     return status[0]
 
 
@@ -113,10 +121,125 @@ def test_requests_leave_no_cyclic_garbage(case: str, tmp_path: Path,
             gc.collect()
             return statuses
 
-    statuses = asyncio.run(run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `router serve`
+        statuses = runner.run(run())
     assert statuses == [expected] * REQUESTS
     kinds: dict[str, int] = {}
     for obj in saved_garbage:
         kinds[type(obj).__qualname__] = kinds.get(type(obj).__qualname__, 0) + 1
     # what a request leaves would come REQUESTS times over; allow a few one-off objects
     assert len(saved_garbage) < REQUESTS // 2, sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
+
+
+def _run(app: Any, path: str, body: bytes, saved_garbage: list[Any],
+         headers: tuple[tuple[bytes, bytes], ...] = ()) -> list[int]:
+    async def run() -> list[int]:
+        async with app.router.lifespan_context(app):
+            await asyncio.gather(*(_call(app, path, body, headers) for _ in range(5)))  # warm
+            gc.collect()
+            saved_garbage.clear()
+            statuses = [await _call(app, path, body, headers) for _ in range(REQUESTS)]
+            gc.collect()
+            return statuses
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `router serve`
+        return runner.run(run())
+
+
+def _assert_little(saved_garbage: list[Any]) -> None:
+    kinds: dict[str, int] = {}
+    for obj in saved_garbage:
+        kinds[type(obj).__qualname__] = kinds.get(type(obj).__qualname__, 0) + 1
+    assert len(saved_garbage) < REQUESTS // 2, sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
+
+
+def test_refused_requests_leave_no_cyclic_garbage(tmp_path: Path,
+                                                  saved_garbage: list[Any]) -> None:
+    settings = make_settings(tmp_path, server={"api_keys": ["sk-right"]})
+    app = create_app(settings, {"small": FakeBackend("fake-small"),
+                                "large": FakeBackend("fake-large")}, environ={}, preload=False)
+    statuses = _run(app, "/v1/chat/completions", _chat(False), saved_garbage,
+                    ((b"authorization", b"Bearer sk-wrong"),))
+    assert statuses == [401] * REQUESTS
+    _assert_little(saved_garbage)
+
+
+@pytest.fixture
+def upstream() -> Iterator[int]:
+    """bench/_fake_upstream.py (vLLM's shapes, raw asyncio, its own process): its port."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "_fake_upstream.py"),
+                             "--port", "0", "--delay-ms", "0"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("port "), line
+    yield int(line.split()[1])
+    proc.terminate()
+    proc.wait()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tier_0", ["up", "refuses connections"])
+def test_upstream_calls_leave_no_cyclic_garbage(tier_0: str, stream: bool, tmp_path: Path,
+                                                upstream: int, saved_garbage: list[Any]) -> None:
+    """openai_http tiers (the router's own HTTP client) on a real loopback upstream; with tier
+    0 refusing connections every request fails over to tier 1."""
+    port0 = upstream if tier_0 == "up" else _closed_port()
+    tiers = [{"name": name, "backend": "openai_http", "base_url": f"http://127.0.0.1:{port}/v1",
+              "model": "m", "api_key": "x", "max_retries": 0}
+             for name, port in (("small", port0), ("large", upstream))]
+    settings = make_settings(tmp_path, escalate_below=-100.0, tiers=tiers)
+    app = create_app(settings, None, environ={}, preload=False)
+    statuses = _run(app, "/v1/chat/completions", _chat(stream), saved_garbage)
+    assert statuses == [200] * REQUESTS
+    _assert_little(saved_garbage)
+
+
+@pytest.fixture
+def faulty_upstream() -> Iterator[int]:
+    """tests/serve/fake_vllm.py in its own process (its garbage is not this process's): the
+    port. Its models answer 500, a body that is not JSON, or a stream cut before [DONE]."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    code = ("import sys, uvicorn; sys.path.insert(0, sys.argv[1]); "
+            "from fake_vllm import fake_vllm_app; "
+            "uvicorn.run(fake_vllm_app(), host='127.0.0.1', port=int(sys.argv[2]), "
+            "log_level='warning')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO / "tests" / "serve"),
+                             str(port)])
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("the fake vLLM server did not start") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.mark.parametrize(("model", "stream"), [("error500", False), ("badjson", False),
+                                               ("cutstream", True), ("error500", True)])
+def test_failing_upstreams_leave_no_cyclic_garbage(model: str, stream: bool, tmp_path: Path,
+                                                   faulty_upstream: int, upstream: int,
+                                                   saved_garbage: list[Any]) -> None:
+    """Tier 0 fails as `model` does on every request; tier 1 answers."""
+    tiers = [{"name": "small", "backend": "openai_http", "model": model, "api_key": "x",
+              "base_url": f"http://127.0.0.1:{faulty_upstream}/v1", "max_retries": 0},
+             {"name": "large", "backend": "openai_http", "model": "m", "api_key": "x",
+              "base_url": f"http://127.0.0.1:{upstream}/v1", "max_retries": 0}]
+    settings = make_settings(tmp_path, escalate_below=-100.0, tiers=tiers)
+    app = create_app(settings, None, environ={}, preload=False)
+    statuses = _run(app, "/v1/chat/completions", _chat(stream), saved_garbage)
+    assert statuses == [200] * REQUESTS
+    _assert_little(saved_garbage)
