@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
-from serve_helpers import REPO, FakeBackend, make_settings
+from serve_helpers import REPO, FakeBackend, make_settings, write_policy
 
 from router.errors import UpstreamUnavailable
 from router.serve.app import create_app
@@ -240,6 +240,29 @@ def test_failing_upstreams_leave_no_cyclic_garbage(model: str, stream: bool, tmp
               "base_url": f"http://127.0.0.1:{upstream}/v1", "max_retries": 0}]
     settings = make_settings(tmp_path, escalate_below=-100.0, tiers=tiers)
     app = create_app(settings, None, environ={}, preload=False)
+    statuses = _run(app, "/v1/chat/completions", _chat(stream), saved_garbage)
+    assert statuses == [200] * REQUESTS
+    _assert_little(saved_garbage)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("feature", ["decision log", "shadow sampling", "prompt gate"])
+def test_features_leave_no_cyclic_garbage(feature: str, stream: bool, tmp_path: Path,
+                                          saved_garbage: list[Any]) -> None:
+    server: dict[str, Any] = {}
+    cascade: dict[str, Any] = {}
+    if feature == "decision log":
+        server["decision_log"] = {"path": str(tmp_path / "decisions.jsonl"),
+                                  "include_prompt": True}
+    elif feature == "shadow sampling":
+        cascade["shadow"] = {"fraction": 1.0, "max_concurrency": 64}
+    else:
+        gate = write_policy(tmp_path, "gate", {"kind": "threshold", "escalate_below": -100.0},
+                            signal="prompt_logprob_per_byte")
+        cascade["prompt_gate"] = {"policy": str(gate)}
+    settings = make_settings(tmp_path, server=server, cascade=cascade)
+    app = create_app(settings, {"small": FakeBackend("fake-small"),
+                                "large": FakeBackend("fake-large")}, environ={}, preload=False)
     statuses = _run(app, "/v1/chat/completions", _chat(stream), saved_garbage)
     assert statuses == [200] * REQUESTS
     _assert_little(saved_garbage)
