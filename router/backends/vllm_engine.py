@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from router.backends._utf8 import piece_bytes
 from router.backends.base import (
     Generation,
     GenerationRequest,
@@ -177,9 +178,19 @@ def _ranked(entry: Any, top_k: int) -> list[tuple[float, int]]:
                    if v.rank is not None and v.rank <= top_k), reverse=True)[:top_k]
 
 
+def _decoded(logprob: Any, token: int, tok: Any) -> str:
+    """A token's text as vLLM decoded it in context (since PR 28874: "" for a piece of a
+    character a later token completes, the whole character on that token), else alone."""
+    text = getattr(logprob, "decoded_token", None)
+    return text if isinstance(text, str) else str(tok.decode([token]))
+
+
 def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Generation:
     """A vLLM `RequestOutput` -> Generation; an output without a logprob for every generated
     token (or of another shape) is an UpstreamError, never a ScoringError blamed on the client.
+    A token's bytes are those of the text it completes (`piece_bytes` over its decoded piece
+    and the text), as the HTTP server's `logprobs` give them: decoding each token alone
+    counted every piece of a character split over tokens as U+FFFD (3 bytes).
     """
     try:
         comp = out.outputs[0]
@@ -187,18 +198,18 @@ def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Gen
         entries = list(comp.logprobs or [])
         if len(entries) != len(ids):
             raise ValueError(f"{len(ids)} tokens but {len(entries)} logprob entries")
+        text = comp.text
+        if not isinstance(text, str):
+            raise TypeError(f"text is {type(text).__name__}")
         lps, tops, alts, pieces = [], [], [], []
         for i, entry in zip(ids, entries, strict=True):
             lps.append(float(entry[i].logprob))
             ranked = _ranked(entry, top_k)
             tops.append([v for v, _ in ranked])
-            alts.append(tuple(tok.decode([k]) for _, k in ranked))
-            pieces.append(tok.decode([i]))
-        lp = TokenLogprobs.from_lists(
-            lps, [len(p.encode()) for p in pieces], tops if tops and all(tops) else None, pieces)
-        text = comp.text
-        if not isinstance(text, str):
-            raise TypeError(f"text is {type(text).__name__}")
+            alts.append(tuple(_decoded(entry[k], k, tok) for _, k in ranked))
+            pieces.append(_decoded(entry[i], i, tok))
+        lp = TokenLogprobs.from_lists(lps, piece_bytes(pieces, text),
+                                      tops if tops and all(tops) else None, pieces)
         return Generation(
             model=model_id, text=text,
             finish_reason="length" if comp.finish_reason == "length" else "stop",
