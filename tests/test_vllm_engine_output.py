@@ -114,9 +114,11 @@ def test_scored_bytes_are_the_texts_bytes(monkeypatch: pytest.MonkeyPatch,
     seq, = VllmEngineBackend("m", "/m")._score_sync(llm, [text], 0)
     assert len(seq) == 15 and seq.token_bytes.sum() == 15  # all but the first token's byte
     assert len(llm.prompts) == (1 if max_model_len == 64 else 5)  # window 6, stride 3
-    # without offsets each piece counts as decoded: the 9 pieces of 日本語 as U+FFFD each
+    # without offsets, from the decoded pieces fitted to the text (the 9 pieces of 日本語 are
+    # U+FFFD each, 27 bytes, when counted alone)
     seq, = VllmEngineBackend("m", "/m")._score_sync(ScoringLLM(EncodeOnlyTok(), 64), [text], 0)
-    assert seq.token_bytes.sum() == 6 + 9 * 3
+    assert seq.token_bytes.sum() == 15
+    assert seq.token_bytes.tolist() == [1] * 6 + [0, 0, 3] * 3  # in the byte completing each
 
 
 def test_bytes_from_offsets() -> None:

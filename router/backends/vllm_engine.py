@@ -105,7 +105,7 @@ class VllmEngineBackend:
         from vllm import SamplingParams
 
         tok = llm.get_tokenizer()
-        docs: list[tuple[list[int], list[int] | None]] = []  # token ids, their UTF-8 bytes
+        docs: list[tuple[list[int], list[int]]] = []  # token ids, their UTF-8 bytes
         for t in texts:
             if not t:
                 raise InputError("cannot score an empty text")
@@ -127,7 +127,7 @@ class VllmEngineBackend:
             for w in plan:  # a window scores its tokens from max(score_from, start + 1)
                 part = prompt_logprobs_from_output(
                     self.model_id, ids[w.start : w.end], next(outs), tok, top_k,
-                    token_bytes=None if nbytes is None else nbytes[w.start : w.end])
+                    token_bytes=nbytes[w.start : w.end])
                 part = _tail(part, w.end - max(w.score_from, w.start + 1))
                 seq = part if seq is None else seq.concat(part)
             assert seq is not None
@@ -220,9 +220,10 @@ def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Gen
                             f"{type(exc).__name__}: {exc}", upstream=model_id) from None
 
 
-def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int] | None]:
-    """`text` -> its token ids and the UTF-8 bytes of `text` each token stands for (None from
-    a tokenizer without character offsets: then each token's decoded piece is counted).
+def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int]]:
+    """`text` -> its token ids and the UTF-8 bytes of `text` each token stands for, from the
+    tokenizer's character offsets (a split character in its first token); a tokenizer without
+    them: from the decoded pieces and the text (`piece_bytes`: in the token completing it).
 
     Decoding one token at a time counts a character split over several byte-level tokens
     once per piece, as U+FFFD (3 bytes each: Japanese text came out at ~1.8x its bytes)."""
@@ -230,9 +231,10 @@ def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int] | None]
         enc = tok(text, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     except (NotImplementedError, TypeError, ValueError, KeyError):  # slow or non-HF tokenizer
-        return list(tok.encode(text)), None
+        ids, offsets = list(tok.encode(text)), []
     if len(offsets) != len(ids):
-        return ids, None
+        pieces = [str(tok.decode([i], skip_special_tokens=True)) for i in ids]  # BOS: ""
+        return ids, piece_bytes(pieces, text)
     return ids, bytes_from_offsets(text, [int(end) for _, end in offsets])
 
 
