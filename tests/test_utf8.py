@@ -1,6 +1,6 @@
 """piece_bytes: tokens decoded one at a time (as vLLM before PR 28874 sent them, and as some
-tokens still come) -> the bytes of the text they make, on real tokenizations and on random
-byte-level ones."""
+tokens still come) -> the bytes of the text they make, on real tokenizations (SmolLM2's and
+Qwen2.5's token bytes in the comments) and on random byte-level ones."""
 
 from __future__ import annotations
 
@@ -14,24 +14,26 @@ R = "\ufffd"
 
 
 @pytest.mark.parametrize(("pieces", "text", "want"), [
-    # SmolLM2 "Tokyo: 日本" [2068 'To', 17405, 42, 17097 ' æ', 241 'Ĺ', 115 '¥', 40993 '本']
-    (["To", "kyo", ":", f" {R}", R, R, "本"], "Tokyo: 日本", [2, 3, 1, 1, 0, 3, 3]),
-    # vLLM 0.32's own pieces of the same tokens: already exact, kept as they are
+    # SmolLM2 "Tokyo: 日本" [2068 'To', 17405, 42, 17097 b" \xe6", 241 b"\x97", 115 b"\xa5",
+    # 40993 '本']: decoded alone, each token's own bytes
+    (["To", "kyo", ":", f" {R}", R, R, "本"], "Tokyo: 日本", [2, 3, 1, 2, 1, 1, 3]),
+    # vLLM 0.32's own pieces of the same tokens: exact sums already, kept as they are
     (["To", "kyo", ":", "", "", " 日", "本"], "Tokyo: 日本", [2, 3, 1, 0, 0, 4, 3]),
-    # SmolLM2's 🍣🍜 as generated: [10813 'ðŁ', 231 'į', 113 '£', 10813, 231, 246 'ľ']
-    ([R] * 6, "🍣🍜", [0, 0, 4, 0, 0, 4]),
-    # Qwen2.5 "的䷻加" [9370 '的', 160, 35125 b'\xb7\xbb\xe5\x8a\xa0']: vLLM 0.32's own pieces,
-    # the last one left uncorrected ("\ufffd\ufffd加", 9 bytes for 5)
+    # SmolLM2's 🍣🍜 as generated: [10813 b"\xf0\x9f", 231 b"\x8d", 113 b"\xa3", 10813, 231,
+    # 246 b"\x9c"]; six pieces of one U+FFFD could also be 2 + 4 or 4 + 2 per character
+    ([R] * 6, "🍣🍜", [2, 1, 1, 2, 1, 1]),
+    # Qwen2.5 "的䷻加" [9370 '的', 160 b"\xe4", 35125 b"\xb7\xbb\xe5\x8a\xa0"]: vLLM 0.32's own
+    # pieces, the last one left uncorrected ("\ufffd\ufffd加", 9 bytes for 5; ䷻ counts in it)
     (["的", "", f"{R}{R}加"], "的䷻加", [3, 0, 6]),
     # a stop string vLLM cut from the text ("す"): the token still counts its bytes
-    ([R, R, R, R, "で", "す"], "テキで", [0, 3, 0, 3, 3, 3]),
+    ([R, R, R, R, "で", "す"], "テキで", [2, 1, 2, 1, 3, 3]),
     # SmolLM2 ' "こ' + the start of a character the text never finished (max_tokens):
-    # [476 ' "', 7365 'ãģ', 237 'ĵ', 10391 'ãĤ']; the sum is exact, but which piece of
-    # the run completes こ is a guess (its last; vLLM's own pieces say the one before)
-    ([' "', R, R, R], ' "こ', [2, 0, 0, 3]),
+    # [476 ' "', 7365 b"\xe3\x81", 237 b"\x93", 10391 b"\xe3\x82"]: the sum is exact, the
+    # cut a guess (three pieces of one U+FFFD each fit こ alone too)
+    ([' "', R, R, R], ' "こ', [2, 1, 1, 1]),
     (['"', "こ", R], '"こ', [1, 3, 0]),  # U+FFFD past the end of the text: none
     # "日本本" cut as [E6][97 A5 E6][9C AC][本]: the run stands for 日本, not for 日
-    ([R, R * 3, R * 2, "本"], "日本本", [0, 3, 3, 3]),
+    ([R, R * 3, R * 2, "本"], "日本本", [1, 3, 2, 3]),
     (["x", R], "ab", [1, 3]),  # pieces that are not the text's: their own bytes
 ])
 def test_pieces_of_real_tokens(pieces: list[str], text: str, want: list[int]) -> None:
@@ -40,12 +42,12 @@ def test_pieces_of_real_tokens(pieces: list[str], text: str, want: list[int]) ->
 
 
 @pytest.mark.parametrize(("pieces", "text", "want"), [
-    (["kyo", ":", f" {R}", R, R, "本"], "Tokyo: 日本", [3, 1, 1, 0, 3, 3]),
+    (["kyo", ":", f" {R}", R, R, "本"], "Tokyo: 日本", [3, 1, 2, 1, 1, 3]),
     (["kyo", ":", "", "", " 日", "本"], "Tokyo: 日本", [3, 1, 0, 0, 4, 3]),
     (["", f"{R}{R}加"], "的䷻加", [0, 6]),
-    # SmolLM2 "日本語" [23274 'æĹ', 115 '¥', 40993 '本', ...]: the first token (no logprob)
-    # shares 日 with the second, which completes it
-    ([R, "本"], "日本", [3, 3]),
+    # SmolLM2 "日本" [23274 b"\xe6\x97", 115 b"\xa5", 40993 '本']: the first token (no
+    # logprob, no piece) and the second share 日
+    ([R, "本"], "日本", [1, 3]),
 ])
 def test_scored_pieces_of_real_tokens(pieces: list[str], text: str, want: list[int]) -> None:
     assert piece_bytes(pieces, text, suffix=True) == want

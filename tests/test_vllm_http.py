@@ -159,7 +159,8 @@ def test_pieces_decoded_alone_are_fitted_to_the_prompt(
 ) -> None:
     """vLLM before PR 28874 sent each prompt token decoded alone (U+FFFD for a piece of a
     split character), as its /detokenize of one token still does: fitted to the text, those
-    pieces count the embedded backend's bytes wherever the text reaches a whole character."""
+    pieces sum to the embedded backend's bytes (exact, from the vocabulary), and nearly every
+    token has its own (57 of 59 in the Japanese: some cuts of a U+FFFD run fit equally)."""
     root = vllm.base_url.removesuffix("/v1")
     for text in NON_ASCII[:2]:
         body = {"model": vllm.model, "prompt": text, "max_tokens": 1, "prompt_logprobs": 0,
@@ -174,9 +175,7 @@ def test_pieces_decoded_alone_are_fitted_to_the_prompt(
         fitted = parse_prompt_logprobs(old, text=text).token_bytes
         loc = small_engine.score(text).token_bytes
         assert sum(len(p.encode()) for p in alone) > loc.sum() + 6  # U+FFFD counted alone
-        whole = whole_characters(text, len(text.encode()) - int(loc.sum()), loc)
-        assert fitted.sum() == loc.sum()
-        assert np.array_equal(np.cumsum(fitted)[whole], np.cumsum(loc)[whole])
+        assert fitted.sum() == loc.sum() and (fitted == loc).mean() > 0.9
 
 
 @pytest.mark.parametrize("chat", [True, False])
