@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 MODULES = ("router.probes", "router.learned", "router.learned_fit", "router.text_features",
-           "tests.harness.pairing")
+           "router.backends._utf8", "tests.harness.pairing")
 
 
 @pytest.mark.parametrize("name", MODULES)

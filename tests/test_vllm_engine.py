@@ -51,3 +51,9 @@ def test_vllm_engine_scores_agree_with_the_embedded_backend(small_engine: LlamaE
     gen = result["generation"]
     assert gen["completion_tokens"] == 4 and len(gen["logprobs"]) == 4
     assert "Paris" in gen["text"]
+    # a generated character split over tokens counts its bytes once (decoded alone, each
+    # piece was U+FFFD: テキストです。 counted 36 bytes for 21)
+    split = result["split_generation"]
+    assert split["finish_reason"] == "length" and not split["text"].isascii()
+    assert sum(split["token_bytes"]) == len(split["text"].encode())
+    assert 0 in split["token_bytes"]

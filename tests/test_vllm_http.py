@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from router.backends._llama import LlamaEngine
 from router.backends.base import ChatMessage, GenerationRequest
 from router.backends.openai_http import HttpSettings, OpenAIHttpBackend
+from router.backends.openai_parse import parse_prompt_logprobs
 from router.cli import main
 from router.scoring import score_sequences
 from tests.harness.pairing import assert_same_pairing
@@ -28,6 +30,11 @@ TEXTS = [
     "The children walked to school in the morning.",
     "school morning the walked in children The to.",
     "To reset your password, open Settings, choose Security and click Reset password.",
+]
+NON_ASCII = [  # Japanese and emoji split over byte-level tokens, French not; none starts so
+    "Tokyo: 日本語のテキストです。東京は日本の首都で、人口は千四百万人です。",
+    "We loved the trip 🙂🌍 and the food was great 🍜🍣!",
+    "Le café crème et la crème brûlée sont très appréciés à Paris.",
 ]
 
 
@@ -117,6 +124,79 @@ async def test_prompt_scores_agree_with_the_embedded_backend(
     # stated tolerance: mean log-probability per text within 0.1 nats
     np.testing.assert_allclose(rs, ls, atol=0.1)
     assert rs[0] > rs[1] + 3.0
+
+
+def whole_characters(text: str, skip: int, nbytes: np.ndarray) -> np.ndarray:
+    """Which scored tokens (after the first token's `skip` bytes) end the text they reach on
+    a whole character. Example: ("a日b", 1, [2, 1, 1]) -> [False, True, True]"""
+    data = text.encode() + b"\0"
+    return np.array([data[c] & 0xC0 != 0x80 for c in skip + np.cumsum(nbytes)])
+
+
+async def test_split_characters_are_scored_as_the_embedded_backend_counts_them(
+    vllm: VllmServer, small_engine: LlamaEngine
+) -> None:
+    """prompt_logprobs' decoded_token -> bytes: per text, the text's bytes after its first
+    token; per token, the embedded backend's (exact, from the vocabulary) wherever the text
+    reaches a whole character."""
+    backend = _backend(vllm)
+    remote = await backend.score(NON_ASCII)
+    await backend.aclose()
+    for text, r in zip(NON_ASCII, remote, strict=True):
+        loc = small_engine.score(text)
+        first = small_engine.tokenize(text, add_bos=small_engine.add_bos)[0]
+        want = len(text.encode()) - int(small_engine.piece_len[first])
+        assert len(r) == len(loc) and int(r.token_bytes.sum()) == want
+        whole = whole_characters(text, len(text.encode()) - want, loc.token_bytes)
+        assert whole.sum() > len(loc) / 2
+        assert np.array_equal(np.cumsum(r.token_bytes)[whole], np.cumsum(loc.token_bytes)[whole])
+    # the Japanese and the emoji have characters split over tokens (the French has none)
+    assert [bool((r.token_bytes == 0).any()) for r in remote] == [True, True, False]
+
+
+def test_pieces_decoded_alone_are_fitted_to_the_prompt(
+    vllm: VllmServer, small_engine: LlamaEngine
+) -> None:
+    """vLLM before PR 28874 sent each prompt token decoded alone (U+FFFD for a piece of a
+    split character), as its /detokenize of one token still does: fitted to the text, those
+    pieces sum to the embedded backend's bytes (exact, from the vocabulary), and nearly every
+    token has its own (57 of 59 in the Japanese: some cuts of a U+FFFD run fit equally)."""
+    root = vllm.base_url.removesuffix("/v1")
+    for text in NON_ASCII[:2]:
+        body = {"model": vllm.model, "prompt": text, "max_tokens": 1, "prompt_logprobs": 0,
+                "return_token_ids": True}
+        choice = httpx.post(f"{vllm.base_url}/completions", json=body, timeout=60).json()[
+            "choices"][0]
+        ids = choice["prompt_token_ids"]
+        alone = [httpx.post(f"{root}/detokenize", json={"model": vllm.model, "tokens": [i]},
+                            timeout=60).json()["prompt"] for i in ids[1:]]
+        old = [None, *({str(i): {"logprob": -1.0, "rank": 1, "decoded_token": p}}
+                       for i, p in zip(ids[1:], alone, strict=True))]
+        fitted = parse_prompt_logprobs(old, text=text).token_bytes
+        loc = small_engine.score(text).token_bytes
+        assert sum(len(p.encode()) for p in alone) > loc.sum() + 6  # U+FFFD counted alone
+        assert fitted.sum() == loc.sum() and (fitted == loc).mean() > 0.9
+
+
+@pytest.mark.parametrize("chat", [True, False])
+async def test_generated_bytes_are_the_texts(vllm: VllmServer, chat: bool) -> None:
+    """Japanese and emoji that SmolLM2 writes in pieces: the tokens' bytes sum to the answer's,
+    whole and streamed (cut by max_tokens: an end-of-text token would add its '<|im_end|>')."""
+    prompt = ("日本語のテキストです。日本語のテキストです。日本語の" if not chat
+              else "🍜🍣🍜🍣🍜🍣🍜🍣🍜🍣🍜")
+    req = (GenerationRequest(messages=(ChatMessage("user", prompt),), max_tokens=12,
+                             temperature=0.0, top_logprobs=2) if chat else
+           GenerationRequest(prompt=prompt, max_tokens=12, temperature=0.0, top_logprobs=2))
+    backend = _backend(vllm)
+    whole = await backend.generate(req)
+    pieces = [d async for d in backend.stream(req)]
+    await backend.aclose()
+    assert whole.finish_reason == "length" and not whole.text.isascii()
+    assert int(whole.logprobs.token_bytes.sum()) == len(whole.text.encode())
+    assert (whole.logprobs.token_bytes == 0).any()  # some characters were split over tokens
+    streamed = "".join(d.text for d in pieces)
+    assert streamed == whole.text
+    assert sum(int(d.logprobs.token_bytes.sum()) for d in pieces) == len(streamed.encode())
 
 
 def test_select_scores_a_corpus_through_the_vllm_url(

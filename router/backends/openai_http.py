@@ -329,7 +329,8 @@ class OpenAIHttpBackend:
                     },
                 )
             try:
-                return parse_prompt_logprobs(first_choice(data).get("prompt_logprobs"), top_k)
+                return parse_prompt_logprobs(first_choice(data).get("prompt_logprobs"), top_k,
+                                             text=text)
             except MalformedAnswer as exc:
                 raise self._malformed(f"{exc}; scoring needs vLLM or another server that "
                                       "returns prompt_logprobs") from None

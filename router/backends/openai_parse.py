@@ -10,6 +10,10 @@ so the cascade escalates and the last tier answers 502; the client is never blam
                choices[0].logprobs = {tokens, token_logprobs, top_logprobs, text_offset}
 - scoring:     choices[0].prompt_logprobs = [null, {"<id>": {logprob, rank, decoded_token}}, ...]
 
+A token's bytes are its `bytes` or its string's UTF-8, checked against the text the tokens make
+where a token holds U+FFFD (`_utf8.piece_bytes`: a piece of a character split over byte-level
+tokens that the server decoded alone, as vLLM before PR 28874 and a few tokens since do).
+
 Logprobs go straight into numpy columns: one list per field, converted once, and the dtype
 numpy infers doubles as the type check (a string, null or nested value gives a non-numeric
 dtype, which is refused). Top-k rows are sorted only when the upstream did not sort them.
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from router.backends._utf8 import REPLACEMENT, piece_bytes
 from router.backends.base import FinishReason, StreamDelta, TopAlternatives, Usage
 from router.backends.collect import empty_logprobs
 from router.scoring import FloatArray, TokenLogprobs
@@ -266,12 +271,15 @@ def parse_completion_logprobs(obj: Any) -> Parsed:
     return TokenLogprobs(lps, nbytes, top, tuple(tokens)), _alternatives(alt_tokens)
 
 
-def parse_prompt_logprobs(entries: Any, top_k: int = 0) -> TokenLogprobs:
-    """vLLM `prompt_logprobs` -> TokenLogprobs of every scored prompt token.
+def parse_prompt_logprobs(entries: Any, top_k: int = 0, *, text: str | None = None
+                          ) -> TokenLogprobs:
+    """vLLM `prompt_logprobs` of the prompt `text` -> TokenLogprobs of every scored token.
 
     Example: [None, {"42": {"logprob": -1.5, "rank": 3, "decoded_token": " cat"}}] ->
     logprobs [-1.5], token_bytes [4]. vLLM puts the prompt token itself first, then the top-k
-    alternatives (rank 1..k); the prompt token may appear among them only once.
+    alternatives (rank 1..k); the prompt token may appear among them only once. Given the
+    prompt `text`, the bytes are fitted to it (`piece_bytes`): the scored tokens make its end,
+    the first token the rest.
     """
     _expect(isinstance(entries, list), "prompt_logprobs must be a list (is it vLLM?)")
     scored = [e for e in entries if e is not None]
@@ -291,7 +299,20 @@ def parse_prompt_logprobs(entries: Any, top_k: int = 0) -> TokenLogprobs:
     if top is not None and top.shape[1] > top_k:
         top = top[:, :top_k]
     return TokenLogprobs(_numbers(lps, "prompt_logprobs[].logprob"),
-                         np.array([len(t.encode()) for t in toks], np.int64), top, tuple(toks))
+                         np.array(piece_bytes(toks, text, suffix=True), np.int64), top,
+                         tuple(toks))
+
+
+def _fit_bytes(parsed: Parsed, text: str) -> Parsed:
+    """Token bytes as `text`, the text the tokens make, holds them (`piece_bytes`), where a
+    token holds U+FFFD; else as they are. Example: tokens ("\ufffd", "\ufffd") with bytes
+    [3, 3] and text "é" -> bytes [0, 2]."""
+    lp, alts = parsed
+    toks = lp.tokens
+    if not toks or REPLACEMENT not in "".join(toks):
+        return parsed
+    nbytes = np.array(piece_bytes(toks, text), np.int64)
+    return TokenLogprobs.built(lp.logprobs, nbytes, lp.top_logprobs, toks), alts
 
 
 def parse_usage(obj: Any, completion_tokens: int) -> Usage:
@@ -334,10 +355,10 @@ def parse_answer(data: Any, chat: bool) -> tuple[str, FinishReason, Parsed, Usag
         if not isinstance(message, dict):
             raise MalformedAnswer("choices[0].message must be an object")
         text = _text(message.get("content"), "choices[0].message.content")
-        parsed = parse_chat_logprobs(choice.get("logprobs"))
+        parsed = _fit_bytes(parse_chat_logprobs(choice.get("logprobs")), text)
     else:
         text = _text(choice.get("text"), "choices[0].text")
-        parsed = parse_completion_logprobs(choice.get("logprobs"))
+        parsed = _fit_bytes(parse_completion_logprobs(choice.get("logprobs")), text)
     usage = parse_usage(data.get("usage"), len(parsed[0]))
     return text, parse_finish(choice.get("finish_reason")) or "stop", parsed, usage
 
@@ -389,10 +410,10 @@ def parse_chunk(chunk: Any, chat: bool) -> tuple[list[StreamDelta], FinishReason
             delta = choice.get("delta") or {}
             _expect(isinstance(delta, dict), "choices[].delta must be an object")
             text = _text(delta.get("content"), "choices[].delta.content")
-            lp, alts = parse_chat_logprobs(choice.get("logprobs"))
+            lp, alts = _fit_bytes(parse_chat_logprobs(choice.get("logprobs")), text)
         else:
             text = _text(choice.get("text"), "choices[].text")
-            lp, alts = parse_completion_logprobs(choice.get("logprobs"))
+            lp, alts = _fit_bytes(parse_completion_logprobs(choice.get("logprobs")), text)
         finish = parse_finish(choice.get("finish_reason")) or finish
         if text or len(lp):
             deltas.append(StreamDelta(text=text, logprobs=lp, alternatives=alts, usage=usage))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from router.backends._utf8 import piece_bytes
 from router.backends.base import (
     Generation,
     GenerationRequest,
@@ -104,7 +105,7 @@ class VllmEngineBackend:
         from vllm import SamplingParams
 
         tok = llm.get_tokenizer()
-        docs: list[tuple[list[int], list[int] | None]] = []  # token ids, their UTF-8 bytes
+        docs: list[tuple[list[int], list[int]]] = []  # token ids, their UTF-8 bytes
         for t in texts:
             if not t:
                 raise InputError("cannot score an empty text")
@@ -126,7 +127,7 @@ class VllmEngineBackend:
             for w in plan:  # a window scores its tokens from max(score_from, start + 1)
                 part = prompt_logprobs_from_output(
                     self.model_id, ids[w.start : w.end], next(outs), tok, top_k,
-                    token_bytes=None if nbytes is None else nbytes[w.start : w.end])
+                    token_bytes=nbytes[w.start : w.end])
                 part = _tail(part, w.end - max(w.score_from, w.start + 1))
                 seq = part if seq is None else seq.concat(part)
             assert seq is not None
@@ -177,9 +178,19 @@ def _ranked(entry: Any, top_k: int) -> list[tuple[float, int]]:
                    if v.rank is not None and v.rank <= top_k), reverse=True)[:top_k]
 
 
+def _decoded(logprob: Any, token: int, tok: Any) -> str:
+    """A token's text as vLLM decoded it in context (since PR 28874: "" for a piece of a
+    character a later token completes, the whole character on that token), else alone."""
+    text = getattr(logprob, "decoded_token", None)
+    return text if isinstance(text, str) else str(tok.decode([token]))
+
+
 def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Generation:
     """A vLLM `RequestOutput` -> Generation; an output without a logprob for every generated
     token (or of another shape) is an UpstreamError, never a ScoringError blamed on the client.
+    A token's bytes are those of the text it completes (`piece_bytes` over its decoded piece
+    and the text), as the HTTP server's `logprobs` give them: decoding each token alone
+    counted every piece of a character split over tokens as U+FFFD (3 bytes).
     """
     try:
         comp = out.outputs[0]
@@ -187,18 +198,18 @@ def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Gen
         entries = list(comp.logprobs or [])
         if len(entries) != len(ids):
             raise ValueError(f"{len(ids)} tokens but {len(entries)} logprob entries")
+        text = comp.text
+        if not isinstance(text, str):
+            raise TypeError(f"text is {type(text).__name__}")
         lps, tops, alts, pieces = [], [], [], []
         for i, entry in zip(ids, entries, strict=True):
             lps.append(float(entry[i].logprob))
             ranked = _ranked(entry, top_k)
             tops.append([v for v, _ in ranked])
-            alts.append(tuple(tok.decode([k]) for _, k in ranked))
-            pieces.append(tok.decode([i]))
-        lp = TokenLogprobs.from_lists(
-            lps, [len(p.encode()) for p in pieces], tops if tops and all(tops) else None, pieces)
-        text = comp.text
-        if not isinstance(text, str):
-            raise TypeError(f"text is {type(text).__name__}")
+            alts.append(tuple(_decoded(entry[k], k, tok) for _, k in ranked))
+            pieces.append(_decoded(entry[i], i, tok))
+        lp = TokenLogprobs.from_lists(lps, piece_bytes(pieces, text),
+                                      tops if tops and all(tops) else None, pieces)
         return Generation(
             model=model_id, text=text,
             finish_reason="length" if comp.finish_reason == "length" else "stop",
@@ -209,9 +220,10 @@ def generation_from_output(model_id: str, out: Any, tok: Any, top_k: int) -> Gen
                             f"{type(exc).__name__}: {exc}", upstream=model_id) from None
 
 
-def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int] | None]:
-    """`text` -> its token ids and the UTF-8 bytes of `text` each token stands for (None from
-    a tokenizer without character offsets: then each token's decoded piece is counted).
+def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int]]:
+    """`text` -> its token ids and the UTF-8 bytes of `text` each token stands for, from the
+    tokenizer's character offsets (a split character in its first token); a tokenizer without
+    them: from the decoded pieces and the text (`piece_bytes`: in the token completing it).
 
     Decoding one token at a time counts a character split over several byte-level tokens
     once per piece, as U+FFFD (3 bytes each: Japanese text came out at ~1.8x its bytes)."""
@@ -219,9 +231,10 @@ def encode_with_bytes(tok: Any, text: str) -> tuple[list[int], list[int] | None]
         enc = tok(text, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     except (NotImplementedError, TypeError, ValueError, KeyError):  # slow or non-HF tokenizer
-        return list(tok.encode(text)), None
+        ids, offsets = list(tok.encode(text)), []
     if len(offsets) != len(ids):
-        return ids, None
+        pieces = [str(tok.decode([i], skip_special_tokens=True)) for i in ids]  # BOS: ""
+        return ids, piece_bytes(pieces, text)
     return ids, bytes_from_offsets(text, [int(end) for _, end in offsets])
 
 

@@ -12,6 +12,8 @@ import sys
 from router.backends.base import GenerationRequest
 from router.backends.vllm_engine import VllmEngineBackend
 
+SPLIT_PROMPT = "日本語のテキストです。日本語のテキストです。日本語の"
+
 
 async def main() -> None:
     model_dir, texts = sys.argv[1], sys.argv[2:]
@@ -23,6 +25,9 @@ async def main() -> None:
     seqs = await backend.score(texts, top_k=2)
     gen = await backend.generate(
         GenerationRequest(prompt="The capital of France is", max_tokens=4, temperature=0.0)
+    )
+    split = await backend.generate(  # Japanese that SmolLM2 writes in byte-level pieces
+        GenerationRequest(prompt=SPLIT_PROMPT, max_tokens=12, temperature=0.0)
     )
     print(
         "RESULT "
@@ -40,6 +45,11 @@ async def main() -> None:
                     "text": gen.text,
                     "logprobs": gen.logprobs.logprobs.tolist(),
                     "completion_tokens": gen.usage.completion_tokens,
+                },
+                "split_generation": {
+                    "text": split.text,
+                    "token_bytes": split.logprobs.token_bytes.tolist(),
+                    "finish_reason": split.finish_reason,
                 },
             }
         ),
