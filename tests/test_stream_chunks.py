@@ -60,6 +60,10 @@ CHUNKS = {
         {"token": " h", "logprob": -0.5, "bytes": [32, 104], "top_logprobs": []},
         {"token": "i", "logprob": -0.75, "bytes": [105], "top_logprobs": []}]}),
     "usage": {**chunk(), "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    "a piece of a character": chunk(delta={"content": ""}, logprobs={"content": [
+        {"token": "\ufffd", "logprob": -0.5, "bytes": [239, 191, 189], "top_logprobs": []}]}),
+    "the piece that ends it": chunk(delta={"content": "é"}, logprobs={"content": [
+        {"token": "\ufffd", "logprob": -0.5, "bytes": [239, 191, 189], "top_logprobs": []}]}),
     "role": chunk(delta={"role": "assistant", "content": ""}, logprobs=None),
 }
 

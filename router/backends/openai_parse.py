@@ -386,7 +386,7 @@ def _one_token_chunk(chunk: Any) -> list[StreamDelta] | None:
     if type(text) is not str or type(content) is not list or len(content) != 1:
         return None
     token = _chosen_only(content[0])
-    if token is None:
+    if token is None or REPLACEMENT in content[0]["token"]:  # bytes to fit to the text
         return None
     return [StreamDelta(text, token)]
 
