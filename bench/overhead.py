@@ -14,6 +14,7 @@ measures three targets in turn, each alone on the machine:
              with a policy under which tier 0 always answers (one upstream call per request)
     router-wN  the same with `--workers N` (`--router-workers 1,2` adds router-w2): not pinned,
              so on a small machine it competes with the harness; compare its CPU per request
+             (`--workers-pinned`: its workers share the proxy's one CPU, away from the harness)
     router-baseline  `--baseline-src DIR`: the one-worker router run from another source tree
              (e.g. `git archive main | tar -x -C DIR`), for a before/after in the same run
     litellm  `litellm --config FILE` (one worker), `openai/m` at the same upstream; installed
@@ -259,7 +260,8 @@ def target_server(name: str, args: argparse.Namespace, workdir: Path, upstream_p
         model = "cascade"
         if workers > 1:
             cmd += ["--workers", str(workers)]
-            cpus = None  # N workers on every core, next to the harness
+            if not args.workers_pinned:
+                cpus = None  # N workers on every core, next to the harness
     else:
         exe = ensure_litellm(args.litellm_spec, workdir / "litellm-install.log")
         cmd = [str(exe), "--config", str(litellm_config(workdir, upstream_port)),
@@ -424,6 +426,10 @@ def main() -> None:
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--litellm-spec", default=LITELLM_SPEC)
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--workers-pinned", action="store_true",
+                    help="router-wN's workers share the one proxy CPU too (its rate is then "
+                         "that of one core; what it shows is whether CPU per request grows "
+                         "with workers, without the harness competing for their cores)")
     ap.add_argument("--out", default=str(BENCH / "results" / "overhead.json"))
     args = ap.parse_args()
     budget = QUICK if args.quick else DEFAULT
