@@ -214,12 +214,13 @@ def faulty_upstream() -> Iterator[int]:
     proc = subprocess.Popen([sys.executable, "-c", code, str(REPO / "tests" / "serve"),
                              str(port)])
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 60.0  # a loaded CI machine imports slowly
+        while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
-                if proc.poll() is not None:
+                if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the fake vLLM server did not start") from None
                 time.sleep(0.05)
         yield port
