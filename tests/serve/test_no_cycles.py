@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 import subprocess
 import sys
@@ -69,6 +70,15 @@ async def _call(app: Any, path: str, body: bytes, headers: tuple[tuple[bytes, by
     return status[0]
 
 
+@pytest.fixture(autouse=True)
+def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A failure the router did not expect (a bug on a failure path) is logged at ERROR and
+    answered by the next tier: the statuses alone would not show it."""
+    yield
+    errors = [r.getMessage() for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    assert not errors, errors[:3]
+
+
 @pytest.fixture
 def saved_garbage() -> Iterator[list[Any]]:
     """gc.garbage while the collector keeps what it finds (DEBUG_SAVEALL)."""
@@ -86,6 +96,28 @@ def saved_garbage() -> Iterator[list[Any]]:
 def _chat(stream: bool, content: str = "hello") -> bytes:
     return orjson.dumps({"model": "cascade", "stream": stream, "max_tokens": 8,
                          "messages": [{"role": "user", "content": content}]})
+
+
+def _run(app: Any, path: str, body: bytes, saved_garbage: list[Any],
+         headers: tuple[tuple[bytes, bytes], ...] = ()) -> list[int]:
+    async def run() -> list[int]:
+        async with app.router.lifespan_context(app):
+            await asyncio.gather(*(_call(app, path, body, headers) for _ in range(5)))  # warm
+            gc.collect()
+            saved_garbage.clear()
+            statuses = [await _call(app, path, body, headers) for _ in range(REQUESTS)]
+            gc.collect()
+            return statuses
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `router serve`
+        return runner.run(run())
+
+
+def _assert_little(saved_garbage: list[Any]) -> None:
+    kinds: dict[str, int] = {}
+    for obj in saved_garbage:
+        kinds[type(obj).__qualname__] = kinds.get(type(obj).__qualname__, 0) + 1
+    assert len(saved_garbage) < REQUESTS // 2, sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
 
 
 CASES: dict[str, tuple[str, bytes, float | None, int]] = {
@@ -111,46 +143,9 @@ def test_requests_leave_no_cyclic_garbage(case: str, tmp_path: Path,
     backends = {"small": small,
                 "large": FakeBackend("fake-large")}
     app = create_app(settings, backends, environ={}, preload=False)
-
-    async def run() -> list[int]:
-        async with app.router.lifespan_context(app):
-            await asyncio.gather(*(_call(app, path, body) for _ in range(5)))  # warm
-            gc.collect()
-            saved_garbage.clear()
-            statuses = [await _call(app, path, body) for _ in range(REQUESTS)]
-            gc.collect()
-            return statuses
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `router serve`
-        statuses = runner.run(run())
+    statuses = _run(app, path, body, saved_garbage)
     assert statuses == [expected] * REQUESTS
-    kinds: dict[str, int] = {}
-    for obj in saved_garbage:
-        kinds[type(obj).__qualname__] = kinds.get(type(obj).__qualname__, 0) + 1
-    # what a request leaves would come REQUESTS times over; allow a few one-off objects
-    assert len(saved_garbage) < REQUESTS // 2, sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
-
-
-def _run(app: Any, path: str, body: bytes, saved_garbage: list[Any],
-         headers: tuple[tuple[bytes, bytes], ...] = ()) -> list[int]:
-    async def run() -> list[int]:
-        async with app.router.lifespan_context(app):
-            await asyncio.gather(*(_call(app, path, body, headers) for _ in range(5)))  # warm
-            gc.collect()
-            saved_garbage.clear()
-            statuses = [await _call(app, path, body, headers) for _ in range(REQUESTS)]
-            gc.collect()
-            return statuses
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `router serve`
-        return runner.run(run())
-
-
-def _assert_little(saved_garbage: list[Any]) -> None:
-    kinds: dict[str, int] = {}
-    for obj in saved_garbage:
-        kinds[type(obj).__qualname__] = kinds.get(type(obj).__qualname__, 0) + 1
-    assert len(saved_garbage) < REQUESTS // 2, sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
+    _assert_little(saved_garbage)
 
 
 def test_refused_requests_leave_no_cyclic_garbage(tmp_path: Path,
@@ -177,7 +172,8 @@ def upstream() -> Iterator[int]:
     proc.wait()
 
 
-def _closed_port() -> int:
+def _free_port() -> int:
+    """A loopback port nothing listens on (tier 0 "refuses connections" there)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -189,7 +185,7 @@ def test_upstream_calls_leave_no_cyclic_garbage(tier_0: str, stream: bool, tmp_p
                                                 upstream: int, saved_garbage: list[Any]) -> None:
     """openai_http tiers (the router's own HTTP client) on a real loopback upstream; with tier
     0 refusing connections every request fails over to tier 1."""
-    port0 = upstream if tier_0 == "up" else _closed_port()
+    port0 = upstream if tier_0 == "up" else _free_port()
     tiers = [{"name": name, "backend": "openai_http", "base_url": f"http://127.0.0.1:{port}/v1",
               "model": "m", "api_key": "x", "max_retries": 0}
              for name, port in (("small", port0), ("large", upstream))]
@@ -204,9 +200,7 @@ def test_upstream_calls_leave_no_cyclic_garbage(tier_0: str, stream: bool, tmp_p
 def faulty_upstream() -> Iterator[int]:
     """tests/serve/fake_vllm.py in its own process (its garbage is not this process's): the
     port. Its models answer 500, a body that is not JSON, or a stream cut before [DONE]."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = _free_port()
     code = ("import sys, uvicorn; sys.path.insert(0, sys.argv[1]); "
             "from fake_vllm import fake_vllm_app; "
             "uvicorn.run(fake_vllm_app(), host='127.0.0.1', port=int(sys.argv[2]), "
