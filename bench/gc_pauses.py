@@ -57,25 +57,19 @@ def run_one(src: Path, *, tier0: str, stream: bool, seconds: float, concurrency:
     ov.pin(proc.pid, cpus[1] if cpus else None)
     try:
         ov.wait_ready(proc, port, "cascade", log, timeout_s=120.0)
-        spec = {"port": port, "path": "/v1/chat/completions", "stream": stream,
-                "body": json.dumps(ov.chat_body("cascade", stream=stream)),
-                "concurrency": concurrency, "auth": ov.API_KEY, "warmup_s": 1.0,
-                "timeout_s": 30.0, "seconds": seconds, "max_requests": 10**7}
-        before = ov.cpu_seconds(proc.pid)
-        load = subprocess.Popen([sys.executable, str(BENCH / "_load.py")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ov.pin(load.pid, cpus[0] if cpus else None)
-        out_text, _ = load.communicate(json.dumps(spec), timeout=seconds + 120)
-        cell = json.loads(out_text)
-        served = cell["ok"] + cell["errors"] + cell["warmup_requests"]
-        cpu = ov.cpu_seconds(proc.pid) - before
+        budget = ov.Budget(seconds=seconds, max_requests=10**7, latency_seconds=seconds,
+                           latency_requests=10**7, warmup_s=1.0)
+        cell = ov.run_cell(port=port, model="cascade", stream=stream, concurrency=concurrency,
+                           budget=budget, cpus=cpus[0] if cpus else None,
+                           watch={"router": proc.pid})
     finally:
         ov.stop(proc)
     gc_stats = json.loads(stats.read_text()) if stats.exists() else {}
     return {"src": str(src), "tier0": tier0, "stream": stream, "concurrency": concurrency,
-            "ok": cell["ok"], "errors": cell["errors"], "served": served,
+            "ok": cell["ok"], "errors": cell["errors"],
+            "served": cell["ok"] + cell["errors"] + cell["warmup_requests"],
             "p50_ms": cell.get("p50_ms"), "p99_ms": cell.get("p99_ms"),
-            "cpu_ms_per_req": round(cpu / served * 1e3, 3) if served else None, **gc_stats}
+            "cpu_ms_per_req": cell.get("router_cpu_ms_per_req"), **gc_stats}
 
 
 def main() -> None:
